@@ -1,0 +1,704 @@
+"""ASGIT: Attention-Based Spatial Guidance for Image-to-Image Translation (Lin et al., WACV 2021).
+
+One module, in the paper's order (section numbers refer to the paper):
+
+  Sec 3.2  generators G (and F): ResNet and U-Net, as in pytorch-CycleGAN-and-pix2pix
+  Sec 3.3  the attention discriminator D: a 70x70 PatchGAN that also returns a map M,
+           by post hoc attention (PHA, Eq. 2) or a trainable attention module (TAM, Eq. 3)
+  Sec 3.4  the attention transfer block T = g(M; theta) and the two ways to join its pixel
+           weight map to the input: RHP (Eq. 4) and alpha (Eq. 5)
+  Sec 3.5  the losses: GAN (Eq. 6 vanilla, Eq. 7 LSGAN), L1 (Eq. 8), cycle (Eq. 10)
+  Eq. 1    the feedback loop: a bank that keeps, per training image, the last map D gave
+           for its translation; G reads it at the image's next visit
+  Sec 4    the test-time placeholder (all ones) and the scores: KID, FCN-style segmentation scores
+  last     the training machinery both scripts share: devices, checkpoints, schedules, logs
+
+Names follow the paper: G: X -> Y and F: Y -> X are generators, D_Y and D_X the discriminators of
+domains Y and X, T the attention transfer block, M an attention map in [0, 1] at D's resolution,
+x' the generator input built from x and T(M), lambda_cyc the weight of the cycle loss.
+"""
+
+import csv
+import math
+import os
+import random
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as nnf
+
+ATTENTIONS = ("pha", "tam", "none")
+CONCATS = ("rhp", "alpha")
+GAN_MODES = ("lsgan", "vanilla")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sec 3.2: generators (the architectures of pytorch-CycleGAN-and-pix2pix, layer for layer)
+# ------------------------------------------------------------------------------------------------
+
+def norm_layer(kind):
+    """'instance' (CycleGAN: no affine, no running stats), 'batch' (pix2pix) or 'none'."""
+    if kind == "instance":
+        return lambda c: nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return lambda c: nn.BatchNorm2d(c, affine=True, track_running_stats=True)
+    if kind == "none":
+        return lambda c: nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}: use instance, batch or none")
+
+
+def init_weights(net, gain=0.02):
+    """Normal(0, 0.02) for convolutions, Normal(1, 0.02) for batch-norm scales, zero biases."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+class ResnetBlock(nn.Module):
+    """x + (reflect-pad, 3x3 conv, norm, ReLU, [dropout], reflect-pad, 3x3 conv, norm)(x)."""
+
+    def __init__(self, dim, norm, use_dropout, use_bias):
+        super().__init__()
+        layers = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm(dim), nn.ReLU(True)]
+        if use_dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm(dim)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Johnson et al.'s ResNet generator, CycleGAN's default (9 blocks at 256, 6 at 128).
+
+    N x in_channels x H x W -> N x out_channels x H x W in [-1, 1]; H and W divisible by 4.
+    """
+
+    def __init__(self, in_channels, out_channels, ngf=64, n_blocks=9, norm="instance", use_dropout=False):
+        super().__init__()
+        norm_fn = norm_layer(norm)
+        use_bias = norm != "batch"  # batch norm has its own shift
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=use_bias), norm_fn(ngf), nn.ReLU(True)]
+        for i in range(2):  # two stride-2 convolutions: H -> H/4, ngf -> 4 ngf
+            c = ngf * 2 ** i
+            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=use_bias), norm_fn(2 * c), nn.ReLU(True)]
+        layers += [ResnetBlock(4 * ngf, norm_fn, use_dropout, use_bias) for _ in range(n_blocks)]
+        for i in range(2):  # back up: H/4 -> H
+            c = ngf * 4 // 2 ** i
+            layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=use_bias),
+                       norm_fn(c // 2), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x):
+        if x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError(f"ResnetGenerator needs a height and width divisible by 4, got {tuple(x.shape[-2:])}")
+        return self.model(x)
+
+
+class UnetSkipBlock(nn.Module):
+    """One level of the U-Net: down (LeakyReLU, 4x4 stride-2 conv, norm), the inner levels, up
+    (ReLU, 4x4 stride-2 transposed conv, norm), and the skip connection that concatenates."""
+
+    def __init__(self, outer_nc, inner_nc, in_nc=None, inner=None, outermost=False, innermost=False,
+                 norm=None, use_dropout=False, use_bias=False):
+        super().__init__()
+        self.outermost = outermost
+        in_nc = outer_nc if in_nc is None else in_nc
+        down_conv = nn.Conv2d(in_nc, inner_nc, 4, stride=2, padding=1, bias=use_bias)
+        # pix2pix's in-place LeakyReLU also rewrites the tensor the skip connection concatenates,
+        # so the skip carries the activated features; kept as is to match the original networks.
+        if outermost:
+            up = nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, stride=2, padding=1)
+            layers = [down_conv, inner, nn.ReLU(True), up, nn.Tanh()]
+        elif innermost:
+            up = nn.ConvTranspose2d(inner_nc, outer_nc, 4, stride=2, padding=1, bias=use_bias)
+            layers = [nn.LeakyReLU(0.2, True), down_conv, nn.ReLU(True), up, norm(outer_nc)]
+        else:
+            up = nn.ConvTranspose2d(2 * inner_nc, outer_nc, 4, stride=2, padding=1, bias=use_bias)
+            layers = [nn.LeakyReLU(0.2, True), down_conv, norm(inner_nc), inner, nn.ReLU(True), up, norm(outer_nc)]
+            if use_dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)  # N x (outer + outer) x H x W
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix's U-Net: num_downs stride-2 levels, so the input side must be a multiple of
+    2 ** num_downs (8 levels: 256, "unet_256"; 7 levels: 128, "unet_128").
+
+    N x in_channels x H x W -> N x out_channels x H x W in [-1, 1].
+    """
+
+    def __init__(self, in_channels, out_channels, num_downs=8, ngf=64, norm="batch", use_dropout=True):
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError(f"UnetGenerator needs num_downs >= 5, got {num_downs}")
+        self.num_downs = num_downs
+        norm_fn = norm_layer(norm)
+        kw = dict(norm=norm_fn, use_bias=norm != "batch")
+        block = UnetSkipBlock(8 * ngf, 8 * ngf, innermost=True, **kw)
+        for _ in range(num_downs - 5):  # the 8 ngf levels in the middle carry the dropout
+            block = UnetSkipBlock(8 * ngf, 8 * ngf, inner=block, use_dropout=use_dropout, **kw)
+        for mult in (4, 2, 1):
+            block = UnetSkipBlock(mult * ngf, 2 * mult * ngf, inner=block, **kw)
+        self.model = UnetSkipBlock(out_channels, ngf, in_nc=in_channels, inner=block, outermost=True, **kw)
+        init_weights(self)
+
+    def forward(self, x):
+        k = 2 ** self.num_downs
+        if x.shape[-1] % k or x.shape[-2] % k:
+            raise ValueError(
+                f"UnetGenerator with num_downs={self.num_downs} needs a height and width divisible by {k} "
+                f"(e.g. {k}), got {tuple(x.shape[-2:])}: use --crop-size {k}, or num_downs = log2 of the crop")
+        return self.model(x)
+
+
+def unet_downs_for(size):
+    """The U-Net depth that takes a size x size input down to 1 x 1 (256 -> 8, 128 -> 7, 64 -> 6)."""
+    downs = int(round(math.log2(size))) if size > 0 else 0
+    if 2 ** downs != size or downs < 5:
+        raise ValueError(f"the U-Net takes square crops of 32, 64, 128, 256, 512 ... pixels, got --crop-size {size}")
+    return downs
+
+
+# ------------------------------------------------------------------------------------------------
+# Sec 3.3: the attention discriminator, PatchGAN + PHA (Eq. 2) or TAM (Eq. 3)
+# ------------------------------------------------------------------------------------------------
+
+def post_hoc_attention(activation, eps=1e-8):
+    """Eq. 2: M = norm( (1/c) sum_i |a_{t,i}| ), min-max normalised per image.
+
+    N x c x h x w -> N x 1 x h x w in [0, 1]. A flat map says nothing about where to look, so it
+    becomes all ones (the same as the placeholder of Sec 4) instead of dividing by zero.
+    """
+    m = activation.abs().mean(1, keepdim=True)  # N x 1 x h x w
+    lo = m.amin(dim=(2, 3), keepdim=True)
+    span = m.amax(dim=(2, 3), keepdim=True) - lo
+    return torch.where(span > eps, (m - lo) / span.clamp_min(eps), torch.ones_like(m))
+
+
+class TrainableAttention(nn.Module):
+    """Eq. 3: E_C = (A_C(x) + 1) * T_C(x), with a one-conv trunk T_C (the paper replaces RAM's
+    residual blocks by a single convolution) and a sigmoid attention branch A_C. M = mean_C A_C."""
+
+    def __init__(self, channels, norm):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), norm(channels), nn.LeakyReLU(0.2))
+        self.mask = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), norm(channels), nn.LeakyReLU(0.2),
+                                  nn.Conv2d(channels, channels, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        a = self.mask(x)  # N x C x h x w in [0, 1]
+        return (a + 1) * self.trunk(x), a.mean(1, keepdim=True)  # E, M: N x 1 x h x w
+
+
+class PatchDiscriminator(nn.Module):
+    """The 70x70 PatchGAN (n_layers=3), which also returns the attention map M.
+
+    forward: N x in_channels x H x W -> (prediction N x 1 x h' x w' (30 x 30 at 256), M)
+    M is N x 1 x h x w in [0, 1], or None with attention="none" (plain PatchGAN).
+      pha: Eq. 2 on the output of conv layer `pha_layer` (1-based, after its norm and LeakyReLU);
+           the paper's 4th conv gives a 31 x 31 map at 256. No parameters, no second pass.
+      tam: a TrainableAttention module after the first `tam_after` conv layers (64 x 64 at 256).
+    The supervised (conditional) D takes input and output concatenated: in_channels = 6.
+    """
+
+    def __init__(self, in_channels, ndf=64, n_layers=3, norm="instance", attention="pha", pha_layer=4, tam_after=2):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}: use one of {', '.join(ATTENTIONS)}")
+        n_convs = n_layers + 2
+        if attention == "pha" and not 1 <= pha_layer <= n_convs:
+            raise ValueError(f"--pha-layer must be between 1 and {n_convs} (the conv layers of D), got {pha_layer}")
+        if attention == "tam" and not 1 <= tam_after < n_convs:
+            raise ValueError(f"tam_after must be between 1 and {n_convs - 1}, got {tam_after}")
+        self.attention, self.pha_layer, self.tam_after = attention, pha_layer, tam_after
+        norm_fn = norm_layer(norm)
+        use_bias = norm != "batch"
+        # one entry per conv layer, so the layer PHA reads is a plain index
+        widths = [in_channels] + [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
+        convs = [nn.Sequential(nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True))]
+        for i in range(1, n_layers + 1):
+            stride = 2 if i < n_layers else 1
+            convs.append(nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], 4, stride=stride, padding=1, bias=use_bias),
+                                       norm_fn(widths[i + 1]), nn.LeakyReLU(0.2, True)))
+        convs.append(nn.Sequential(nn.Conv2d(widths[-1], 1, 4, stride=1, padding=1)))
+        self.convs = nn.ModuleList(convs)
+        self.tam = TrainableAttention(widths[tam_after], norm_fn) if attention == "tam" else None
+        init_weights(self)
+
+    def forward(self, x):
+        M = None
+        for i, conv in enumerate(self.convs, start=1):
+            x = conv(x)
+            if self.attention == "pha" and i == self.pha_layer:
+                M = post_hoc_attention(x.detach())  # M only feeds the bank, which keeps no graph
+            elif self.attention == "tam" and i == self.tam_after:
+                x, M = self.tam(x)
+        return x, M
+
+    @torch.no_grad()
+    def map_size(self, in_size):
+        """(h, w) of M for a square input of in_size (one dry pass on zeros)."""
+        p = next(self.parameters())
+        was_training = self.training
+        self.eval()
+        _, M = self(torch.zeros(1, self.convs[0][0].in_channels, in_size, in_size, device=p.device))
+        self.train(was_training)
+        return tuple(M.shape[-2:]) if M is not None else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Sec 3.4: the attention transfer block T and the concatenations RHP (Eq. 4) and alpha (Eq. 5)
+# ------------------------------------------------------------------------------------------------
+
+class AttentionTransfer(nn.Module):
+    """T = g(M; theta): a small 3-layer conv net that turns D's map into a pixel weight map.
+
+    N x 1 x h x w (D's resolution) -> N x 1 x H x W (image size) in (0, 1).
+    The convolutions run at D's resolution (cheap) and the result is upsampled bilinearly.
+    Replicate padding keeps a flat map flat, so the all-ones placeholder gives a flat weight.
+    """
+
+    def __init__(self, width=16):
+        super().__init__()
+        conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, padding_mode="replicate")
+        self.net = nn.Sequential(conv(1, width), nn.LeakyReLU(0.2), conv(width, width), nn.LeakyReLU(0.2), conv(width, 1))
+        init_weights(self)
+
+    def forward(self, M, size):
+        w = nnf.interpolate(self.net(M), size=tuple(size), mode="bilinear", align_corners=False)
+        return torch.sigmoid(w)  # N x 1 x H x W
+
+
+def rhp(x, weight):
+    """Eq. 4, Residual Hadamard Product: x' = (g(M) + 1) * x. N x 3 x H x W stays N x 3 x H x W."""
+    return (weight + 1) * x
+
+
+def alpha(x, weight):
+    """Eq. 5, alpha concatenation: x' = [x_r, x_g, x_b, g(M)]. N x 3 x H x W -> N x 4 x H x W."""
+    return torch.cat([x, weight], 1)
+
+
+def guided_input(x, M, T, concat):
+    """x' = x (+) T(M) (Eq. 1 with Eq. 4 or 5). With T None (attention 'none') x' = x: plain
+    CycleGAN / pix2pix, at no extra cost."""
+    if T is None:
+        return x
+    weight = T(M, x.shape[-2:])
+    return rhp(x, weight) if concat == "rhp" else alpha(x, weight)
+
+
+def generator_channels(attention, concat):
+    """Input channels of G: 4 with alpha concatenation (Eq. 5), else 3."""
+    return 4 if attention != "none" and concat == "alpha" else 3
+
+
+def placeholder_map(n, map_size, device):
+    """Sec 4: at test time (and at an image's first visit, Sec 3.2) the attention is all ones."""
+    return torch.ones(n, 1, *map_size, device=device)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sec 3.5: losses
+# ------------------------------------------------------------------------------------------------
+
+def gan_loss(prediction, target_is_real, mode="lsgan"):
+    """The adversarial term of one side, averaged over D's patches.
+
+    lsgan (Eq. 7, the default): mean (D(.) - t)^2 with t = 1 for real, 0 for fake.
+    vanilla (Eq. 6): binary cross-entropy of D's logits against t (log D(y) + log(1 - D(G(x')))).
+    G minimises gan_loss(D(G(x')), True); D uses discriminator_loss.
+    """
+    target = torch.ones_like(prediction) if target_is_real else torch.zeros_like(prediction)
+    if mode == "lsgan":
+        return nnf.mse_loss(prediction, target)
+    if mode == "vanilla":
+        return nnf.binary_cross_entropy_with_logits(prediction, target)
+    raise ValueError(f"unknown --gan-mode {mode!r}: use lsgan or vanilla")
+
+
+def discriminator_loss(pred_real, pred_fake, mode="lsgan"):
+    """D's side of Eq. 6 / 7, halved as in CycleGAN and pix2pix so D learns slower than G:
+    0.5 * (loss(D(y), real) + loss(D(G(x')), fake))."""
+    return 0.5 * (gan_loss(pred_real, True, mode) + gan_loss(pred_fake, False, mode))
+
+
+def l1_loss(fake, target):
+    """Eq. 8: L_L1(G) = E ||y - G(x')||_1 (mean absolute error per pixel and channel)."""
+    return (target - fake).abs().mean()
+
+
+def cycle_loss(real, reconstructed):
+    """One term of Eq. 10: E ||F(G(x)) - x||_1 (or E ||G(F(y)) - y||_1). Eq. 10 is the sum of both."""
+    return (reconstructed - real).abs().mean()
+
+
+def identity_loss(real, same):
+    """CycleGAN's optional identity term, E ||G(y) - y||_1; not in the paper, off by default."""
+    return (same - real).abs().mean()
+
+
+class ImagePool:
+    """CycleGAN's history of 50 generated images: D sees a past fake half of the time (Shrivastava
+    et al.), which steadies training. Has its own seeded RNG so a resumed run draws the same."""
+
+    def __init__(self, size=50, seed=0):
+        self.size, self.images, self.rng = size, [], random.Random(seed)
+
+    def query(self, fakes):
+        if self.size == 0:
+            return fakes
+        out = []
+        for img in fakes.detach():
+            if len(self.images) < self.size:
+                self.images.append(img)
+                out.append(img)
+            elif self.rng.random() < 0.5:
+                i = self.rng.randrange(self.size)
+                out.append(self.images[i])
+                self.images[i] = img
+            else:
+                out.append(img)
+        return torch.stack(out)
+
+    def state_dict(self):
+        return {"images": [i.cpu() for i in self.images], "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state, device):
+        self.images = [i.to(device) for i in state["images"]]
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------------------------------------
+# Eq. 1: the attention feedback bank
+# ------------------------------------------------------------------------------------------------
+
+class AttentionBank:
+    """Keeps, per training image id, the last attention map D produced for that image's translation.
+
+    Eq. 1: x'^(k+1) = x (+) T(M^(k)): G reads the map stored at the image's previous visit; an image
+    never seen reads as all ones. Training crops and flips move the image under the map, so each map
+    is kept in the coordinates of the whole resized image (load_size x load_size) at D's resolution
+    (map_size for a crop_size input): a write pastes the map where its crop lay (undoing the flip),
+    a read cuts out the current crop's window (and flips it). Positions snap to D's grid (one cell
+    is crop_size / map_size pixels, ~8 at 256). Maps are detached and kept on the CPU, ~5 KB an
+    image at 256; parts of an image D has not looked at yet read as ones.
+
+    CUDA writes are asynchronous copies finished lazily at a later read, so the training step never
+    waits for the device.
+    """
+
+    def __init__(self, load_size, crop_size, map_size):
+        self.load_size, self.crop_size = load_size, crop_size
+        self.h, self.w = map_size
+        # the whole image at D's resolution: every crop offset 0..load-crop must fit
+        self.full = (self._cell(load_size - crop_size, self.h) + self.h, self._cell(load_size - crop_size, self.w) + self.w)
+        self.maps = {}  # image id -> full[0] x full[1] float tensor, CPU
+        self._pending = []  # (ids, where rows, maps on CPU, CUDA event or None)
+
+    def _cell(self, pixels, cells):
+        return int(round(pixels * cells / self.crop_size))
+
+    def _window(self, top, left):
+        y, x = self._cell(top, self.h), self._cell(left, self.w)
+        return slice(y, y + self.h), slice(x, x + self.w)
+
+    def write(self, ids, where, M):
+        """Store M (N x 1 x h x w, any device) for images ids cut at where (N x 3: top, left, flip)."""
+        M = M.detach().float()
+        if M.is_cuda:
+            cpu = M.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            cpu, event = M.to("cpu", copy=True), None
+        self._pending.append((list(ids), where.tolist(), cpu, event))
+
+    def _settle(self, needed=()):
+        """Paste finished writes into the maps; wait only for writes of the images in needed."""
+        needed = set(needed)
+        last_needed = max((i for i, p in enumerate(self._pending) if needed & set(p[0])), default=-1)
+        done = 0
+        for i, (ids, rows, M, event) in enumerate(self._pending):
+            if event is not None:
+                if i <= last_needed:
+                    event.synchronize()
+                elif not event.query():
+                    break
+            for img_id, (top, left, flip), m in zip(ids, rows, M[:, 0]):
+                full = self.maps.setdefault(img_id, torch.ones(self.full))
+                full[self._window(top, left)] = m.flip(-1) if flip else m
+            done = i + 1
+        del self._pending[:done]
+
+    def read(self, ids, where, device):
+        """M^(k) for images ids cut at where: N x 1 x h x w on device (ones where never seen)."""
+        self._settle(ids)
+        out = torch.ones(len(ids), 1, self.h, self.w)
+        for i, (img_id, (top, left, flip)) in enumerate(zip(ids, where.tolist())):
+            full = self.maps.get(img_id)
+            if full is not None:
+                m = full[self._window(top, left)]
+                out[i, 0] = m.flip(-1) if flip else m
+        return out.to(device, non_blocking=True)
+
+    def state_dict(self):
+        self._settle([i for p in self._pending for i in p[0]])
+        return {"maps": dict(self.maps), "geometry": [self.load_size, self.crop_size, self.h, self.w]}
+
+    def load_state_dict(self, state):
+        geometry = [self.load_size, self.crop_size, self.h, self.w]
+        if list(state["geometry"]) != geometry:
+            raise ValueError(f"attention bank geometry (load, crop, map h, map w) {list(state['geometry'])} "
+                             f"does not match {geometry}")
+        self.maps, self._pending = dict(state["maps"]), []
+
+
+# ------------------------------------------------------------------------------------------------
+# Sec 4.1.3: scores
+# ------------------------------------------------------------------------------------------------
+
+def kernel_inception_distance(real_features, fake_features, subsets=100, subset_size=1000, seed=0):
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3,
+    averaged over `subsets` random subsets of `subset_size` samples from each set (all samples
+    when there are fewer). Returns (mean, std); papers report both x 100."""
+    real, fake = real_features.double(), fake_features.double()
+    d = real.shape[1]
+    m = min(subset_size, len(real), len(fake))
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    g = torch.Generator().manual_seed(seed)
+    off_diagonal_mean = lambda k: (k.sum() - k.diagonal().sum()) / (m * (m - 1))
+    values = []
+    for _ in range(subsets):
+        x = real[torch.randperm(len(real), generator=g)[:m]]
+        y = fake[torch.randperm(len(fake), generator=g)[:m]]
+        kxx, kyy, kxy = [(a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y))]
+        values.append((off_diagonal_mean(kxx) + off_diagonal_mean(kyy) - 2 * kxy.mean()).item())
+    return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
+
+
+class InceptionUnavailable(RuntimeError):
+    """The Inception v3 weights could not be had (no network, no cached file)."""
+
+
+def inception_model(device):
+    """torchvision's Inception v3 with its classifier removed: N x 3 x 299 x 299 -> N x 2048."""
+    from torchvision.models import Inception_V3_Weights, inception_v3
+    try:
+        net = inception_v3(weights=Inception_V3_Weights.IMAGENET1K_V1)
+    except Exception as e:  # URLError, timeout, truncated file: all mean "no weights here"
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        raise InceptionUnavailable(
+            f"KID skipped: the Inception v3 weights could not be loaded ({type(e).__name__}: {e}). They download "
+            f"once into {hub}; on a machine without network copy inception_v3_google-0cc3c7bd.pth there.") from e
+    net.fc = nn.Identity()
+    return net.eval().to(device)
+
+
+@torch.no_grad()
+def inception_features(net, images):
+    """Pool features of images (N x 3 x H x W in [-1, 1]) -> N x 2048."""
+    x = nnf.interpolate((images + 1) / 2, size=(299, 299), mode="bilinear", align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
+    return net((x - mean) / std).float()
+
+
+def nearest_palette_labels(images, palette):
+    """Label map of each pixel by its nearest palette colour (the FCN-score protocol for outputs
+    that are colour label maps). images N x 3 x H x W in [-1, 1], palette K x 3 (0..255) -> N x H x W."""
+    colours = torch.as_tensor(palette, dtype=torch.float32, device=images.device) / 127.5 - 1  # K x 3
+    dist = ((images.unsqueeze(1) - colours.view(1, -1, 3, 1, 1)) ** 2).sum(2)  # N x K x H x W
+    return dist.argmin(1)
+
+
+def segmentation_scores(pred, truth, n_classes):
+    """Per-pixel accuracy, per-class accuracy and mean IoU (pix2pix / FCN-score definitions):
+    classes absent from the truth have no accuracy; classes absent from both have no IoU."""
+    hist = torch.bincount((truth.flatten() * n_classes + pred.flatten()).long(),
+                          minlength=n_classes ** 2).view(n_classes, n_classes).double()  # truth x pred
+    tp, in_truth, in_pred = hist.diagonal(), hist.sum(1), hist.sum(0)
+    present = in_truth > 0
+    union = in_truth + in_pred - tp
+    return {"pixel_acc": (tp.sum() / hist.sum()).item(),
+            "class_acc": (tp[present] / in_truth[present]).mean().item(),
+            "mean_iou": (tp[union > 0] / union[union > 0]).mean().item()}
+
+
+def truth_distances(fake, source, truth, mask):
+    """Scores for the synthetic sets, whose true translation is known: mean L1 of the translation
+    and of the untranslated input to the truth, overall and inside / outside the object mask.
+    fake, source, truth: N x 3 x H x W in [-1, 1]; mask: N x 1 x H x W bool."""
+    out = {}
+    for name, img in (("truth", fake), ("input", source)):
+        err = (img - truth).abs().mean(1, keepdim=True)  # N x 1 x H x W
+        out[f"l1_{name}"] = err.mean().item()
+        out[f"l1_{name}_object"] = err[mask].mean().item() if mask.any() else float("nan")
+        out[f"l1_{name}_background"] = err[~mask].mean().item() if (~mask).any() else float("nan")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Training machinery shared by train_unpaired.py and train_supervised.py
+# ------------------------------------------------------------------------------------------------
+
+def pick_device(name="auto"):
+    """'auto' takes CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def linear_decay(optimizer, epochs, epochs_decay):
+    """Sec 4.1.4: the learning rate stays for `epochs` epochs, then falls linearly to zero over
+    `epochs_decay` more (CycleGAN's 'linear' policy). Stepped once per epoch."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: 1.0 - max(0, e + 1 - epochs) / float(epochs_decay + 1))
+
+
+def adam(params, lr):
+    """Sec 4.1.4: Adam, betas (0.5, 0.999)."""
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+
+
+def save_checkpoint(state, path):
+    """Write atomically: a crash while saving leaves the previous checkpoint loadable."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointMismatch(ValueError):
+    pass
+
+
+def load_checkpoint(path, options, must_match):
+    """Load a checkpoint (weights_only) and check that the options in must_match agree with it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointMismatch(f"no checkpoint at {path}: train first (without --resume / --test-only)") from None
+    except Exception as e:
+        raise CheckpointMismatch(f"{path} is not a loadable checkpoint ({type(e).__name__}: {e})") from e
+    saved = state.get("options", {})
+    for key in must_match:
+        if key in saved and saved[key] != options[key]:
+            flag = "--" + key.replace("_", "-")
+            raise CheckpointMismatch(
+                f"{flag} is {options[key]!r} but the checkpoint {path} was made with {flag} {saved[key]!r}: "
+                f"pass {flag} {saved[key]} to use it, or a new --name to start a fresh run")
+    return state
+
+
+class StopFlag:
+    """Turns Ctrl-C / SIGTERM into a flag the loop checks between steps, so it can save and exit."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+class LossLog:
+    """losses.csv, one row per step. Loss tensors stay on the device and are fetched every
+    `every` steps in one transfer, so logging adds no per-step host-device sync."""
+
+    def __init__(self, path, names, every=25, resume=False):
+        self.path, self.names, self.every, self.rows = Path(path), list(names), every, []
+        if not (resume and self.path.exists()):
+            self.path.write_text(",".join(["step"] + self.names) + "\n")
+        self.last = {}
+
+    def add(self, step, losses):
+        self.rows.append((step, torch.stack([losses[n].detach().float() for n in self.names])))
+        if len(self.rows) >= self.every:
+            self.flush()
+
+    def flush(self):
+        if not self.rows:
+            return
+        values = torch.stack([r[1] for r in self.rows]).tolist()
+        with open(self.path, "a", newline="") as f:
+            w = csv.writer(f)
+            for (step, _), row in zip(self.rows, values):
+                w.writerow([step] + [f"{v:.5g}" for v in row])
+        self.last = dict(zip(self.names, values[-1]))
+        self.rows = []
+
+
+def benchmark(step, n, warmup=3, device=torch.device("cpu")):
+    """Median wall time in ms of n calls of step() after warmup calls (synchronising the device
+    around each timed call, which only the benchmark does)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)

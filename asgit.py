@@ -19,6 +19,7 @@ x' the generator input built from x and T(M), lambda_cyc the weight of the cycle
 """
 
 import csv
+import json
 import math
 import os
 import random
@@ -546,6 +547,12 @@ def segmentation_scores(pred, truth, n_classes):
             "mean_iou": (tp[union > 0] / union[union > 0]).mean().item()}
 
 
+def psnr(fake, target):
+    """Peak signal-to-noise ratio in dB on the [0, 1] scale, per image, averaged. Inputs in [-1, 1]."""
+    mse = (((fake - target) / 2) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+
+
 def truth_distances(fake, source, truth, mask):
     """Scores for the synthetic sets, whose true translation is known: mean L1 of the translation
     and of the untranslated input to the truth, overall and inside / outside the object mask.
@@ -702,3 +709,142 @@ def benchmark(step, n, warmup=3, device=torch.device("cpu")):
         sync()
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
+
+
+def add_common_options(p):
+    """The options both training scripts take (names as in pytorch-CycleGAN-and-pix2pix where it
+    has them). Options left at None are filled from the script's preset (paper or synthetic)."""
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (built in, the default), a dataset name (downloaded into datasets/), or a folder")
+    p.add_argument("--name", help="run folder runs/NAME (default: DATA_ATTENTION_CONCAT)")
+    p.add_argument("--attention", choices=ATTENTIONS, default="pha",
+                   help="D's attention: post hoc (Eq. 2), trainable module (Eq. 3), or none = the plain baseline")
+    p.add_argument("--pha-layer", type=int, default=4, help="the conv layer of D that PHA reads (paper: 4)")
+    p.add_argument("--concat", choices=CONCATS, default="rhp", help="RHP (Eq. 4) or alpha channel (Eq. 5)")
+    p.add_argument("--gan-mode", choices=GAN_MODES, default="lsgan", help="LSGAN (Eq. 7) or vanilla GAN (Eq. 6)")
+    p.add_argument("--ngf", type=int, help="generator width (paper: 64)")
+    p.add_argument("--ndf", type=int, help="discriminator width (paper: 64)")
+    p.add_argument("--load-size", type=int, help="resize to this before the random crop (paper: 286)")
+    p.add_argument("--crop-size", type=int, help="training crop and test size (paper: 256)")
+    p.add_argument("--batch-size", type=int, help="paper: 1")
+    p.add_argument("--epochs", type=int, help="epochs at the initial learning rate (paper: 100)")
+    p.add_argument("--epochs-decay", type=int, help="epochs of linear decay to zero after those (paper: 100)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (paper: 2e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (not the paper's setting)")
+    p.add_argument("--workers", type=int, help="data loading processes (default: 4 on CUDA, 0 on CPU)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps in all (quick looks, tests)")
+    p.add_argument("--sample-every", type=int, help="steps between sample grids")
+    p.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (also at epoch ends)")
+    p.add_argument("--resume", action="store_true", help="continue runs/NAME from its checkpoint")
+    p.add_argument("--test-only", action="store_true", help="run the test phase alone from runs/NAME's checkpoint")
+    p.add_argument("--translate", metavar="DIR", help="translate every image of DIR into runs/NAME/translated/")
+    p.add_argument("--benchmark", type=int, metavar="N",
+                   help="time N training steps on random tensors, print step_ms=<median>, write nothing")
+    return p
+
+
+def finish_options(p, argv, presets, name_parts=()):
+    """Parse, then fill the options left unset from the preset: 'synthetic' for the built-in set,
+    'paper' (Sec 4.1.4) for everything else. The default --name joins the data, the attention,
+    the concatenation and name_parts."""
+    opt = p.parse_args(argv)
+    preset = presets["synthetic" if opt.data == "synthetic" else "paper"]
+    for key, value in preset.items():
+        if getattr(opt, key) is None:
+            setattr(opt, key, value)
+    if opt.name is None:
+        parts = [Path(opt.data).name, opt.attention] + ([opt.concat] if opt.attention != "none" else [])
+        opt.name = "_".join(parts + [str(getattr(opt, k)) for k in name_parts])
+    for key in ("ngf", "ndf", "crop_size", "batch_size", "epochs_decay", "sample_every", "save_every"):
+        if getattr(opt, key) is not None and getattr(opt, key) < (0 if key == "epochs_decay" else 1):
+            p.error(f"--{key.replace('_', '-')} must be positive, got {getattr(opt, key)}")
+    if opt.load_size < opt.crop_size:
+        p.error(f"--load-size ({opt.load_size}) must be at least --crop-size ({opt.crop_size})")
+    return opt
+
+
+def fit(model, dataset, opt, run, progress, device):
+    """The loop both scripts share: epochs of a seeded, resumable order; model.train_step on each
+    batch; losses to CSV and tqdm; sample grids; checkpoints; the learning-rate step at each
+    epoch's end; Ctrl-C saves and stops. Returns True when training ran to its end."""
+    from tqdm import tqdm
+    import data
+    per_epoch = math.ceil(len(dataset) / opt.batch_size)
+    total_epochs = opt.epochs + opt.epochs_decay
+    last = min(opt.max_steps or per_epoch * total_epochs, per_epoch * total_epochs)
+    log = LossLog(run / "losses.csv", model.loss_names, every=min(25, opt.sample_every), resume=opt.resume)
+    bar = tqdm(total=last, initial=progress["step"], desc=opt.name, unit="step", dynamic_ncols=True)
+
+    def save():
+        log.flush()
+        save_checkpoint({**model.state_dict(), **progress, "options": vars(opt), "rng": rng_state()},
+                        run / "checkpoint.pt")
+
+    with StopFlag() as flag:
+        while progress["step"] < last and not flag.stop:
+            loader = data.make_loader(dataset, opt.batch_size, opt.seed, progress["epoch"],
+                                      progress["position"] * opt.batch_size, opt.workers, device)
+            for batch in loader:
+                losses = model.train_step(batch)
+                progress["step"] += 1
+                progress["position"] += 1
+                log.add(progress["step"], losses)
+                bar.update(1)
+                if progress["step"] % log.every == 0:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in log.last.items()}, refresh=False)
+                if progress["step"] % opt.sample_every == 0:
+                    model.save_samples(run / "samples" / f"step_{progress['step']:07d}.png")
+                    data.write_html(run, opt.name)
+                if progress["step"] % opt.save_every == 0:
+                    save()
+                if progress["step"] >= last or flag.stop:
+                    break
+            if progress["position"] >= per_epoch:  # the epoch is complete
+                progress["epoch"] += 1
+                progress["position"] = 0
+                model.end_epoch()
+                save()
+        bar.close()
+        save()
+        model.save_samples(run / "samples" / f"step_{progress['step']:07d}.png")
+        data.write_html(run, opt.name)
+        if flag.stop:
+            print(f"stopped at step {progress['step']}; checkpoint saved in {run / 'checkpoint.pt'}: "
+                  f"continue with the same command and --resume")
+            return False
+    return True
+
+
+def start_run(opt, model, must_match):
+    """Open runs/NAME: a new run refuses to overwrite an old one; --resume, --test-only and
+    --translate load its checkpoint (options checked against must_match). Returns the progress."""
+    run = Path("runs") / opt.name
+    ckpt = run / "checkpoint.pt"
+    progress = {"step": 0, "epoch": 0, "position": 0}
+    if opt.resume or opt.test_only or opt.translate:
+        state = load_checkpoint(ckpt, vars(opt), must_match)
+        model.load_state_dict(state)
+        progress = {k: state[k] for k in progress}
+        if opt.resume:
+            set_rng_state(state["rng"])
+    elif ckpt.exists():
+        raise CheckpointMismatch(f"{run} already holds a run: add --resume to continue it, --test-only to test it, "
+                                 f"or pick another --name")
+    run.mkdir(parents=True, exist_ok=True)
+    if not (opt.test_only or opt.translate):
+        (run / "options.json").write_text(json.dumps(vars(opt), indent=2) + "\n")
+    return run, progress
+
+
+def autocast(opt, device):
+    """bfloat16 autocast when --amp on CUDA (no loss scaling needed), else a no-op context."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(opt.amp and device.type == "cuda"))
+
+
+def set_requires_grad(nets, flag):
+    """D is frozen during the generator step, so G's backward computes no gradients for D."""
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)

@@ -1,0 +1,227 @@
+"""Supervised ASGIT (Sec 3.2 left, Eq. 1, 8, 9): pix2pix whose conditional discriminator also
+returns an attention map that guides the generator at the next visit of the same image.
+
+    python train_supervised.py                                  # built-in label -> photo set, CPU, minutes
+    python train_supervised.py --direction BtoA                 # photo -> label, scored like FCN-scores
+    python train_supervised.py --data cityscapes --direction BtoA --attention none   # plain pix2pix
+
+Options -> data -> models -> loop (D forward/backward, G forward/backward, bank update) -> test phase.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import asgit
+import data
+
+PRESETS = {
+    # Sec 4.1.4: U-Net 256, widths 64, batch 1, 100 + 100 epochs, load 286 / crop 256
+    # (--load-size 143 --crop-size 128 for the paper's Cityscapes runs)
+    "paper": dict(ngf=64, ndf=64, load_size=286, crop_size=256, batch_size=1, epochs=100, epochs_decay=100,
+                  lr=2e-4, sample_every=1000),
+    # small enough to finish in minutes on a 2-core CPU
+    "synthetic": dict(ngf=16, ndf=16, load_size=72, crop_size=64, batch_size=1, epochs=4, epochs_decay=4,
+                      lr=2e-4, sample_every=200),
+}
+MUST_MATCH = ["data", "direction", "attention", "pha_layer", "concat", "netG", "ngf", "ndf", "load_size",
+              "crop_size", "batch_size", "seed"]
+
+
+def options(argv=None):
+    p = asgit.add_common_options(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                   help="which half of the A|B images is the input (synthetic set: A = label map, B = photo)")
+    p.add_argument("--netG", choices=("unet", "resnet_9blocks", "resnet_6blocks"), default="unet",
+                   help="G: pix2pix's U-Net (depth from --crop-size: 8 levels at 256, 7 at 128) or a ResNet")
+    p.add_argument("--lambda-l1", type=float, default=100.0, help="weight of the L1 loss, Eq. 9 (paper: 100)")
+    return asgit.finish_options(p, argv, PRESETS, name_parts=["direction"])
+
+
+class SupervisedASGIT:
+    """G: X -> Y (generator), D_Y (conditional attention discriminator: it sees input and output
+    together), T (attention transfer block), and the bank of Eq. 1. X is the input half, Y the target."""
+
+    loss_names = ["D_Y", "G", "L1"]
+
+    def __init__(self, opt, device):
+        self.opt, self.device = opt, device
+        c = asgit.generator_channels(opt.attention, opt.concat)
+        if opt.netG == "unet":
+            self.G = asgit.UnetGenerator(c, 3, asgit.unet_downs_for(opt.crop_size), opt.ngf)
+        else:
+            self.G = asgit.ResnetGenerator(c, 3, opt.ngf, 9 if opt.netG == "resnet_9blocks" else 6, norm="batch",
+                                           use_dropout=True)
+        self.G.to(device)
+        self.D_Y = asgit.PatchDiscriminator(6, opt.ndf, norm="batch", attention=opt.attention,
+                                            pha_layer=opt.pha_layer).to(device)
+        # attention 'none' builds no T and no bank: exactly pix2pix
+        self.T = asgit.AttentionTransfer().to(device) if opt.attention != "none" else None
+        self.map_size = self.D_Y.map_size(opt.crop_size) if self.T else None
+        self.bank = asgit.AttentionBank(opt.load_size, opt.crop_size, self.map_size) if self.T else None
+        self.opt_G = asgit.adam([*self.G.parameters(), *(self.T.parameters() if self.T else [])], opt.lr)
+        self.opt_D = asgit.adam(self.D_Y.parameters(), opt.lr)
+        self.schedulers = [asgit.linear_decay(o, opt.epochs, opt.epochs_decay) for o in (self.opt_G, self.opt_D)]
+        self.visuals = None
+
+    def guide(self, x, M):
+        """x' = x (+) T(M); M None means the all-ones placeholder (Sec 4)."""
+        if self.T is None:
+            return x
+        if M is None:
+            M = asgit.placeholder_map(len(x), self.map_size, x.device)
+        return asgit.guided_input(x, M, self.T, self.opt.concat)
+
+    def train_step(self, batch):
+        o, dev = self.opt, self.device
+        x, y = batch["A"].to(dev, non_blocking=True), batch["B"].to(dev, non_blocking=True)
+        # Eq. 1: the map D gave this image's translation at its previous visit (ones at the first)
+        M_x = self.bank.read(batch["id"], batch["where"], dev) if self.T else None
+
+        # generator step: Eq. 9 for G and T, with D frozen
+        asgit.set_requires_grad([self.D_Y], False)
+        with asgit.autocast(o, dev):
+            fake_y = self.G(self.guide(x, M_x))
+            # one D forward on (x, G(x')) gives both the adversarial loss and the next map (no extra pass)
+            pred, M_fake = self.D_Y(torch.cat([x, fake_y], 1))
+            loss = {"G": asgit.gan_loss(pred, True, o.gan_mode), "L1": asgit.l1_loss(fake_y, y)}
+            total = loss["G"] + o.lambda_l1 * loss["L1"]
+        self.opt_G.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_G.step()
+        if self.T:  # store D's view of this translation for the image's next visit
+            self.bank.write(batch["id"], batch["where"], M_fake)
+
+        # discriminator step: Eq. 7 (or 6) on (x, y) and (x, G(x')); pix2pix keeps no pool of fakes
+        asgit.set_requires_grad([self.D_Y], True)
+        with asgit.autocast(o, dev):
+            loss["D_Y"] = asgit.discriminator_loss(self.D_Y(torch.cat([x, y], 1))[0],
+                                                   self.D_Y(torch.cat([x, fake_y.detach()], 1))[0], o.gan_mode)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss["D_Y"].backward()
+        self.opt_D.step()
+        self.visuals = (x, M_fake, fake_y, y)
+        return loss
+
+    def end_epoch(self):
+        for s in self.schedulers:
+            s.step()
+
+    @torch.no_grad()
+    def translate(self, images, direction=None):
+        """Test time (Sec 4): the all-ones placeholder map. As pix2pix does, G stays in training mode:
+        dropout stays on and batch norm uses the statistics of the test batch (test one image a batch)."""
+        with asgit.autocast(self.opt, self.device):
+            return self.G(self.guide(images.to(self.device), None)).float()
+
+    def save_samples(self, path):
+        if self.visuals is None:
+            return
+        x, M, fy, y = [v[0].detach().float().cpu() if v is not None else None for v in self.visuals]
+        if self.T:
+            data.save_grid(path, [[x, M, fy, y]], ["input", "attention of D", "translation", "target"])
+        else:
+            data.save_grid(path, [[x, fy, y]], ["input", "translation", "target"])
+
+    def state_dict(self):
+        return {"G": self.G.state_dict(), "D_Y": self.D_Y.state_dict(), "opt_G": self.opt_G.state_dict(),
+                "opt_D": self.opt_D.state_dict(), "T": self.T.state_dict() if self.T else None,
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "bank": self.bank.state_dict() if self.bank else None}
+
+    def load_state_dict(self, state):
+        for k in ("G", "D_Y", "opt_G", "opt_D"):
+            getattr(self, k).load_state_dict(state[k])
+        if self.T:
+            self.T.load_state_dict(state["T"])
+            self.bank.load_state_dict(state["bank"])
+        for s, st in zip(self.schedulers, state["schedulers"]):
+            s.load_state_dict(st)
+
+
+def label_palette(opt, root):
+    """The palette of the output when the output is a colour label map (photo -> label), else None."""
+    if data.is_synthetic(root):
+        return [rgb for _, rgb in data.SYNTH_PALETTE] if opt.direction == "BtoA" else None
+    if Path(opt.data).name == "cityscapes":  # pix2pix's layout: A = photo, B = label colours
+        return [rgb for _, rgb in data.CITYSCAPES_PALETTE] if opt.direction == "AtoB" else None
+    return None
+
+
+def test_phase(model, opt, root, run):
+    """Translate every test pair with the placeholder map (Sec 4) into runs/NAME/test/ and write
+    metrics.json: L1 and PSNR to the target, and for photo -> label the FCN-score definitions
+    (per-pixel accuracy, per-class accuracy, mean IoU) from the nearest palette colour."""
+    torch.manual_seed(opt.seed)  # dropout stays on at test time (pix2pix): make it repeatable
+    dataset = data.AlignedDataset(root, data.aligned_test_phase(root), opt.direction, opt.crop_size, opt.crop_size,
+                                  train=False)
+    palette = label_palette(opt, root)
+    fakes, targets = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        fake = model.translate(item["A"][None])[0].cpu()
+        data.save_image(fake, run / "test" / opt.direction / (Path(item["id"]).stem + ".png"))
+        fakes.append(fake)
+        targets.append(item["B"])
+    fake, target = torch.stack(fakes), torch.stack(targets)
+    metrics = {"l1": asgit.l1_loss(fake, target).item(), "psnr": asgit.psnr(fake, target)}
+    if palette is not None:
+        metrics.update(asgit.segmentation_scores(asgit.nearest_palette_labels(fake, palette),
+                                                 asgit.nearest_palette_labels(target, palette), len(palette)))
+    elif Path(opt.data).name == "cityscapes":
+        metrics["fcn_score"] = ("not computed: label -> photo FCN-scores need an FCN trained on Cityscapes, "
+                                "which is not available here (see README)")
+    metrics = {opt.direction: metrics}
+    print(f"{opt.direction}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                                          for k, v in metrics[opt.direction].items()))
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"test outputs in {run / 'test'}, scores in {run / 'metrics.json'}")
+    return metrics
+
+
+def benchmark(model, opt):
+    """Time training steps of this configuration on random tensors; print step_ms=<median>."""
+    n, c = opt.batch_size, opt.crop_size
+    g = torch.Generator().manual_seed(opt.seed)
+    images = [torch.rand(n, 3, c, c, generator=g) * 2 - 1 for _ in range(8)]
+    state = {"i": 0}
+
+    def step():
+        i = state["i"] = state["i"] + 1
+        ids = [f"bench/{(i * n + k) % 16}" for k in range(n)]  # revisits, so the bank is read and written
+        model.train_step({"A": images[i % 8], "B": images[(i + 3) % 8], "id": ids,
+                          "where": torch.zeros(n, 3, dtype=torch.long)})
+
+    print(f"step_ms={asgit.benchmark(step, opt.benchmark, device=model.device):.1f}")
+
+
+def main(argv=None):
+    opt = options(argv)
+    device = asgit.pick_device(opt.device)
+    if opt.workers is None:
+        opt.workers = 4 if device.type == "cuda" else 0
+    asgit.seed_everything(opt.seed)
+    torch.backends.cudnn.benchmark = True
+    if opt.benchmark:
+        return benchmark(SupervisedASGIT(opt, device), opt)
+    root = data.resolve_data(opt.data, "aligned")
+    model = SupervisedASGIT(opt, device)
+    run, progress = asgit.start_run(opt, model, MUST_MATCH)
+    if opt.translate:
+        return data.translate_folder(model.translate, opt.translate, run / "translated", opt.crop_size)
+    if not opt.test_only:
+        print(f"training {opt.name} on {device}: {root}; run folder {run}")
+        dataset = data.AlignedDataset(root, "train", opt.direction, opt.load_size, opt.crop_size, train=True)
+        if not asgit.fit(model, dataset, opt, run, progress, device):
+            return
+    test_phase(model, opt, root, run)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, asgit.CheckpointMismatch) as e:
+        sys.exit(f"error: {e}")

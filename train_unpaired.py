@@ -1,0 +1,252 @@
+"""Unpaired ASGIT (Sec 3.2 right, Eq. 1, 10, 11): CycleGAN whose discriminators also return an
+attention map that guides the generators at the next visit of the same image.
+
+    python train_unpaired.py                       # built-in synthetic object set, a few minutes on a CPU
+    python train_unpaired.py --data horse2zebra    # the paper's setting (Sec 4.1.4), on a GPU
+    python train_unpaired.py --attention none      # plain CycleGAN, the baseline
+
+Options -> data -> models -> loop (D forward/backward, G forward/backward, bank update) -> test phase.
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+
+import asgit
+import data
+
+PRESETS = {
+    # Sec 4.1.4: ResNet-9, widths 64, batch 1, 100 + 100 epochs, load 286 / crop 256
+    "paper": dict(ngf=64, ndf=64, n_blocks=9, load_size=286, crop_size=256, batch_size=1, epochs=100,
+                  epochs_decay=100, lr=2e-4, sample_every=1000),
+    # small enough to finish in minutes on a 2-core CPU, large enough to translate visibly
+    "synthetic": dict(ngf=16, ndf=16, n_blocks=3, load_size=72, crop_size=64, batch_size=1, epochs=4,
+                      epochs_decay=4, lr=2e-4, sample_every=200),
+}
+# options a checkpoint must agree with: they change the networks, the data or the order of samples
+MUST_MATCH = ["data", "attention", "pha_layer", "concat", "ngf", "ndf", "n_blocks", "load_size", "crop_size",
+              "batch_size", "seed"]
+
+
+def options(argv=None):
+    p = asgit.add_common_options(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    p.add_argument("--n-blocks", type=int, help="residual blocks of G and F (paper: 9; 6 for 128 crops)")
+    p.add_argument("--lambda-cyc", type=float, default=10.0, help="weight of the cycle loss, Eq. 11 (paper: 10)")
+    p.add_argument("--lambda-identity", type=float, default=0.0,
+                   help="CycleGAN's identity loss, as a fraction of lambda-cyc (CycleGAN uses 0.5); off in the paper")
+    p.add_argument("--pool-size", type=int, default=50, help="past fakes D is shown (CycleGAN: 50)")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="direction for --translate")
+    return asgit.finish_options(p, argv, PRESETS)
+
+
+class UnpairedASGIT:
+    """G: X -> Y and F: Y -> X (generators), D_Y and D_X (attention discriminators of Y and X), one T
+    shared by both directions (Sec 3.2), and the bank of Eq. 1. Domain A is X, domain B is Y."""
+
+    loss_names = ["D_Y", "D_X", "G", "F", "cyc_X", "cyc_Y", "idt"]
+
+    def __init__(self, opt, device):
+        self.opt, self.device = opt, device
+        c = asgit.generator_channels(opt.attention, opt.concat)
+        self.G = asgit.ResnetGenerator(c, 3, opt.ngf, opt.n_blocks).to(device)
+        self.F = asgit.ResnetGenerator(c, 3, opt.ngf, opt.n_blocks).to(device)
+        self.D_Y = asgit.PatchDiscriminator(3, opt.ndf, attention=opt.attention, pha_layer=opt.pha_layer).to(device)
+        self.D_X = asgit.PatchDiscriminator(3, opt.ndf, attention=opt.attention, pha_layer=opt.pha_layer).to(device)
+        # attention 'none' builds no T and no bank: exactly CycleGAN
+        self.T = asgit.AttentionTransfer().to(device) if opt.attention != "none" else None
+        self.map_size = self.D_Y.map_size(opt.crop_size) if self.T else None
+        self.bank = asgit.AttentionBank(opt.load_size, opt.crop_size, self.map_size) if self.T else None
+        g_params = [*self.G.parameters(), *self.F.parameters(), *(self.T.parameters() if self.T else [])]
+        self.opt_G = asgit.adam(g_params, opt.lr)  # T is trained with the generators
+        self.opt_D = asgit.adam([*self.D_Y.parameters(), *self.D_X.parameters()], opt.lr)
+        self.schedulers = [asgit.linear_decay(o, opt.epochs, opt.epochs_decay) for o in (self.opt_G, self.opt_D)]
+        self.pool_Y, self.pool_X = asgit.ImagePool(opt.pool_size, opt.seed), asgit.ImagePool(opt.pool_size, opt.seed + 1)
+        self.visuals = None
+
+    def guide(self, x, M):
+        """x' = x (+) T(M); M None means the all-ones placeholder (Sec 4)."""
+        if self.T is None:
+            return x
+        if M is None:
+            M = asgit.placeholder_map(len(x), self.map_size, x.device)
+        return asgit.guided_input(x, M, self.T, self.opt.concat)
+
+    def train_step(self, batch):
+        o, dev = self.opt, self.device
+        x, y = batch["A"].to(dev, non_blocking=True), batch["B"].to(dev, non_blocking=True)
+        # Eq. 1: the maps D gave these images' translations at their previous visit (ones at the first)
+        M_x = self.bank.read(batch["A_id"], batch["A_where"], dev) if self.T else None
+        M_y = self.bank.read(batch["B_id"], batch["B_where"], dev) if self.T else None
+
+        # generator step: Eq. 11 for G, F and T, with D frozen
+        asgit.set_requires_grad([self.D_Y, self.D_X], False)
+        with asgit.autocast(o, dev):
+            fake_y = self.G(self.guide(x, M_x))
+            fake_x = self.F(self.guide(y, M_y))
+            # The reconstruction F(G(x)) gets G(x) with the all-ones placeholder: G(x) is a new image
+            # with no map of its own, and that is exactly the input F gets at test time (Sec 4).
+            rec_x = self.F(self.guide(fake_y, None))
+            rec_y = self.G(self.guide(fake_x, None))
+            # one D forward per translation gives both the adversarial loss and the next map (no extra pass)
+            pred_y, M_fake_y = self.D_Y(fake_y)
+            pred_x, M_fake_x = self.D_X(fake_x)
+            loss = {"G": asgit.gan_loss(pred_y, True, o.gan_mode), "F": asgit.gan_loss(pred_x, True, o.gan_mode),
+                    "cyc_X": asgit.cycle_loss(x, rec_x), "cyc_Y": asgit.cycle_loss(y, rec_y)}
+            loss["idt"] = torch.zeros((), device=dev)
+            if o.lambda_identity > 0:
+                loss["idt"] = (asgit.identity_loss(y, self.G(self.guide(y, None)))
+                               + asgit.identity_loss(x, self.F(self.guide(x, None))))
+            total = (loss["G"] + loss["F"] + o.lambda_cyc * (loss["cyc_X"] + loss["cyc_Y"])
+                     + o.lambda_cyc * o.lambda_identity * loss["idt"])
+        self.opt_G.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_G.step()
+        if self.T:  # store D's view of this translation for the image's next visit
+            self.bank.write(batch["A_id"], batch["A_where"], M_fake_y)
+            self.bank.write(batch["B_id"], batch["B_where"], M_fake_x)
+
+        # discriminator step: Eq. 7 (or 6) on real images and on the pool of past fakes
+        asgit.set_requires_grad([self.D_Y, self.D_X], True)
+        with asgit.autocast(o, dev):
+            loss["D_Y"] = asgit.discriminator_loss(self.D_Y(y)[0], self.D_Y(self.pool_Y.query(fake_y))[0], o.gan_mode)
+            loss["D_X"] = asgit.discriminator_loss(self.D_X(x)[0], self.D_X(self.pool_X.query(fake_x))[0], o.gan_mode)
+        self.opt_D.zero_grad(set_to_none=True)
+        (loss["D_Y"] + loss["D_X"]).backward()
+        self.opt_D.step()
+        self.visuals = (x, M_fake_y, fake_y, rec_x, y, M_fake_x, fake_x, rec_y)
+        return loss
+
+    def end_epoch(self):
+        for s in self.schedulers:
+            s.step()
+
+    @torch.no_grad()
+    def translate(self, images, direction):
+        """Test time (Sec 4): the all-ones placeholder map. images N x 3 x H x W in [-1, 1]."""
+        net = self.G if direction == "AtoB" else self.F
+        net.eval()
+        with asgit.autocast(self.opt, self.device):
+            out = net(self.guide(images.to(self.device), None)).float()
+        net.train()
+        return out
+
+    def save_samples(self, path):
+        if self.visuals is None:
+            return
+        x, M_y, fy, rx, y, M_x, fx, ry = [v[0].detach().float().cpu() if v is not None else None for v in self.visuals]
+        if self.T:
+            rows = [[x, M_y, fy, rx], [y, M_x, fx, ry]]
+            labels = ["input", "attention of D", "translation", "reconstruction"]
+        else:
+            rows, labels = [[x, fy, rx], [y, fx, ry]], ["input", "translation", "reconstruction"]
+        data.save_grid(path, rows, labels)
+
+    def state_dict(self):
+        nets = {k: getattr(self, k).state_dict() for k in ("G", "F", "D_Y", "D_X", "opt_G", "opt_D")}
+        return {**nets, "T": self.T.state_dict() if self.T else None,
+                "schedulers": [s.state_dict() for s in self.schedulers],
+                "pool_Y": self.pool_Y.state_dict(), "pool_X": self.pool_X.state_dict(),
+                "bank": self.bank.state_dict() if self.bank else None}
+
+    def load_state_dict(self, state):
+        for k in ("G", "F", "D_Y", "D_X", "opt_G", "opt_D"):
+            getattr(self, k).load_state_dict(state[k])
+        if self.T:
+            self.T.load_state_dict(state["T"])
+            self.bank.load_state_dict(state["bank"])
+        for s, st in zip(self.schedulers, state["schedulers"]):
+            s.load_state_dict(st)
+        self.pool_Y.load_state_dict(state["pool_Y"], self.device)
+        self.pool_X.load_state_dict(state["pool_X"], self.device)
+
+
+def test_phase(model, opt, root, run):
+    """Translate every test image both ways with the placeholder map (Sec 4) into runs/NAME/test/ and
+    write metrics.json: distances to the known truth on the synthetic set, KID x 100 on real data."""
+    synthetic = data.is_synthetic(root)
+    kid_net = None
+    if not synthetic:
+        try:
+            kid_net = asgit.inception_model(model.device)
+        except asgit.InceptionUnavailable as e:
+            print(e)
+    metrics = {}
+    for direction, src, dst in (("AtoB", "testA", "testB"), ("BtoA", "testB", "testA")):
+        outputs = []
+        for batch in data.make_test_loader(root / src, opt.crop_size, opt.workers, model.device):
+            fake = model.translate(batch["image"], direction).cpu()
+            for img, name in zip(fake, batch["name"]):
+                data.save_image(img, run / "test" / direction / name)
+            if synthetic:
+                truth, mask = data.load_truths(root, src, batch["name"], opt.crop_size)
+                outputs.append((fake, batch["image"], truth, mask))
+            elif kid_net is not None:
+                outputs.append(asgit.inception_features(kid_net, fake.to(model.device)).cpu())
+        if synthetic:
+            metrics[direction] = asgit.truth_distances(*[torch.cat(t) for t in zip(*outputs)])
+        elif kid_net is None:
+            metrics[direction] = {"kid": "skipped: Inception v3 weights unavailable"}
+        else:
+            # Sec 4.1.3: target-KID against the target test set, fused-KID against both test sets
+            target, source = [torch.cat([asgit.inception_features(kid_net, b["image"].to(model.device)).cpu()
+                                         for b in data.make_test_loader(root / d, opt.crop_size, opt.workers,
+                                                                        model.device)]) for d in (dst, src)]
+            fake = torch.cat(outputs)
+            t_mean, t_std = asgit.kernel_inception_distance(target, fake)
+            f_mean, f_std = asgit.kernel_inception_distance(torch.cat([target, source]), fake)
+            metrics[direction] = {"target_kid_x100": 100 * t_mean, "target_kid_std_x100": 100 * t_std,
+                                  "fused_kid_x100": 100 * f_mean, "fused_kid_std_x100": 100 * f_std}
+        print(f"{direction}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                                          for k, v in metrics[direction].items()))
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"test outputs in {run / 'test'}, scores in {run / 'metrics.json'}")
+    return metrics
+
+
+def benchmark(model, opt):
+    """Time training steps of this configuration on random tensors; print step_ms=<median>."""
+    n, c = opt.batch_size, opt.crop_size
+    g = torch.Generator().manual_seed(opt.seed)
+    images = [torch.rand(n, 3, c, c, generator=g) * 2 - 1 for _ in range(8)]
+    state = {"i": 0}
+
+    def step():
+        i = state["i"] = state["i"] + 1
+        ids = [f"bench/{(i * n + k) % 16}" for k in range(n)]  # revisits, so the bank is read and written
+        where = torch.zeros(n, 3, dtype=torch.long)
+        model.train_step({"A": images[i % 8], "B": images[(i + 3) % 8], "A_id": ids, "B_id": ids,
+                          "A_where": where, "B_where": where})
+
+    print(f"step_ms={asgit.benchmark(step, opt.benchmark, device=model.device):.1f}")
+
+
+def main(argv=None):
+    opt = options(argv)
+    device = asgit.pick_device(opt.device)
+    if opt.workers is None:
+        opt.workers = 4 if device.type == "cuda" else 0
+    asgit.seed_everything(opt.seed)
+    torch.backends.cudnn.benchmark = True
+    if opt.benchmark:
+        return benchmark(UnpairedASGIT(opt, device), opt)
+    root = data.resolve_data(opt.data, "unaligned")
+    model = UnpairedASGIT(opt, device)
+    run, progress = asgit.start_run(opt, model, MUST_MATCH)
+    if opt.translate:
+        return data.translate_folder(lambda imgs: model.translate(imgs, opt.direction), opt.translate,
+                                     run / "translated", opt.crop_size)
+    if not opt.test_only:
+        print(f"training {opt.name} on {device}: {root}; run folder {run}")
+        dataset = data.UnalignedDataset(root, "train", opt.load_size, opt.crop_size, train=True)
+        if not asgit.fit(model, dataset, opt, run, progress, device):
+            return
+    test_phase(model, opt, root, run)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, asgit.CheckpointMismatch) as e:
+        sys.exit(f"error: {e}")

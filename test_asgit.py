@@ -970,3 +970,37 @@ def test_supervised_resume_gives_the_weights_of_an_uninterrupted_run(labels_set,
     for key in ("G", "D_Y", "T"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_bad_options_say_what_to_do(labels_set, objects_set, capsys):
+    with pytest.raises(SystemExit):
+        train_supervised.options(supervised(labels_set, "--crop-size", "48", "--load-size", "48"))
+    assert "--crop-size 48" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_unpaired.options(unpaired(objects_set, "--load-size", "16"))
+    assert "--load-size (16) must be at least --crop-size (32)" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA is not available"):
+            asgit.pick_device("cuda")
+
+
+def test_command_line_errors_are_one_line_without_traceback(tmp_path):
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "train_unpaired.py"), "--data", "nosuchset"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: --data 'nosuchset' is neither a folder nor a known dataset")
+
+
+def test_identity_loss_when_asked_and_resnet_G_for_supervised(objects_set, labels_set):
+    opt = train_unpaired.options(unpaired(objects_set, "--load-size", "32", "--lambda-identity", "0.5"))
+    loss = train_unpaired.UnpairedASGIT(opt, torch.device("cpu")).train_step(tiny_batch(["a"], ["b"]))
+    assert loss["idt"].item() > 0
+    opt = train_supervised.options(supervised(labels_set, "--netG", "resnet_6blocks", "--crop-size", "48",
+                                              "--load-size", "48"))
+    model = train_supervised.SupervisedASGIT(opt, torch.device("cpu"))
+    assert isinstance(model.G, asgit.ResnetGenerator) and model.D_Y.convs[0][0].in_channels == 6
+
+
+def test_psnr_by_hand():
+    a, b = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.2)  # [0, 1] difference 0.1: MSE 0.01 -> 20 dB
+    assert math.isclose(asgit.psnr(a, b), 20.0, rel_tol=1e-5)

@@ -38,7 +38,13 @@ def options(argv=None):
     p.add_argument("--netG", choices=("unet", "resnet_9blocks", "resnet_6blocks"), default="unet",
                    help="G: pix2pix's U-Net (depth from --crop-size: 8 levels at 256, 7 at 128) or a ResNet")
     p.add_argument("--lambda-l1", type=float, default=100.0, help="weight of the L1 loss, Eq. 9 (paper: 100)")
-    return asgit.finish_options(p, argv, PRESETS, name_parts=["direction"])
+    opt = asgit.finish_options(p, argv, PRESETS, name_parts=["direction"])
+    if opt.netG == "unet":
+        try:
+            asgit.unet_downs_for(opt.crop_size)
+        except ValueError as e:
+            p.error(f"{e}, or --netG resnet_9blocks")
+    return opt
 
 
 class SupervisedASGIT:

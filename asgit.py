@@ -299,12 +299,11 @@ def alpha(x, weight):
     return torch.cat([x, weight], 1)
 
 
-def guided_input(x, M, T, concat):
-    """x' = x (+) T(M) (Eq. 1 with Eq. 4 or 5). With T None (attention 'none') x' = x: plain
-    CycleGAN / pix2pix, at no extra cost."""
-    if T is None:
+def join(x, weight, concat):
+    """x' = x (+) g(M) of Eq. 1: RHP (Eq. 4) or alpha (Eq. 5) with weight = T(M). weight None
+    (attention 'none', no T) gives x itself: plain CycleGAN / pix2pix, at no extra cost."""
+    if weight is None:
         return x
-    weight = T(M, x.shape[-2:])
     return rhp(x, weight) if concat == "rhp" else alpha(x, weight)
 
 

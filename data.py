@@ -373,7 +373,7 @@ CITYSCAPES_PALETTE = [  # the 19 train-id classes of Cityscapes with their offic
     ("train", (0, 80, 100)), ("motorcycle", (0, 0, 230)), ("bicycle", (119, 11, 32)),
 ]
 
-_SYNTH_VERSION = 1  # bump when the renderers change, so old folders are rebuilt
+_SYNTH_VERSION = 3  # bump when the renderers change, so old folders are rebuilt
 
 
 def _gen(seed, *key):
@@ -442,7 +442,7 @@ def _object_scene(seed, split, index, size):
     a = _uni(g, 0, 2 * math.pi)
     t = ((xx * math.cos(a) + yy * math.sin(a)) / S * 0.7 + 0.5).clamp(0, 1)
     bg = _background_colour(g) * (1 - t) + _background_colour(g) * t
-    for _ in range(_randint(g, 3, 7)):
+    for _ in range(_randint(g, 2, 4)):
         x0, y0 = _randint(g, -S // 4, S - 4), _randint(g, -S // 4, S - 4)
         x1, y1 = x0 + _randint(g, S // 8, S // 2), y0 + _randint(g, S // 8, S // 2)
         x0, y0 = max(x0, 0), max(y0, 0)
@@ -454,7 +454,7 @@ def _object_scene(seed, split, index, size):
         bg = bg * (1 - w) + _background_colour(g) * w
     bg = bg * (0.85 + 0.3 * _smooth_noise(g, S, 6))
     # The object: a (possibly lobed) ellipse with a random size, position and pose.
-    R = _uni(g, 0.16, 0.27) * S
+    R = _uni(g, 0.22, 0.32) * S
     cx, cy = _uni(g, R, S - R), _uni(g, R, S - R)
     pose = _uni(g, 0, math.pi)
     elong = _uni(g, 1.0, 1.8)
@@ -472,20 +472,20 @@ def _object_scene(seed, split, index, size):
     shade = 0.45 + 0.55 * torch.sqrt((1 - q.clamp(max=1) ** 2).clamp(min=0)) - 0.15 * (dx + dy) / (2 * R)
     hl = torch.exp(-((dx + 0.35 * R) ** 2 + (dy + 0.35 * R) ** 2) / (2 * (0.22 * R) ** 2)) * 0.45
     return {
-        "bg": bg, "mask": mask, "shade": shade.clamp(0.2, 1.2), "hl": hl, "u": u, "R": R,
-        "orange": _hsv(_uni(g, 0.05, 0.10), _uni(g, 0.8, 0.95), _uni(g, 0.85, 1.0)),
-        "period": _uni(g, 0.45, 0.6) * R,
-        "noise": torch.randn(3, S, S, generator=g) * 0.02,
+        "bg": bg, "mask": mask, "shade": shade.clamp(0.2, 1.2), "hl": hl, "R": R,
+        # colour and stripe period are fixed by the shape, so each image has exactly one true translation
+        "orange": _hsv(0.075, 0.9, 0.95), "period": 0.5 * R, "x": xx - cx,
+        "noise": torch.randn(3, S, S, generator=g) * 0.01,
     }
 
 
 def _render_object(scene, style):
     """Domain A: a smooth shaded orange object. Domain B: the same object restyled with navy and
-    pale-cyan stripes across its major axis (like horse -> zebra). The background is untouched."""
+    pale-cyan vertical stripes centred on it (like horse -> zebra). The background is untouched."""
     if style == "A":
         body = scene["orange"] * scene["shade"]
     else:
-        stripes = torch.sigmoid(5 * torch.cos(2 * math.pi * scene["u"] / scene["period"]))
+        stripes = torch.sigmoid(5 * torch.cos(2 * math.pi * scene["x"] / scene["period"]))
         dark, light = torch.tensor([0.08, 0.12, 0.32]).view(3, 1, 1), torch.tensor([0.80, 0.93, 1.0]).view(3, 1, 1)
         body = (dark * (1 - stripes) + light * stripes) * scene["shade"]
     body = body + scene["hl"]

@@ -128,13 +128,12 @@ def test_attention_transfer_block_shapes_and_flat_placeholder():
     assert torch.allclose(flat, flat.flatten()[0].expand_as(flat))  # all-ones map -> flat weight
 
 
-def test_guided_input_none_is_plain_input_and_channels():
+def test_join_none_is_plain_input_and_channels():
     x = torch.randn(1, 3, 8, 8)
-    assert asgit.guided_input(x, None, None, "rhp") is x
-    T = asgit.AttentionTransfer()
-    M = torch.rand(1, 1, 3, 3)
-    assert asgit.guided_input(x, M, T, "rhp").shape == (1, 3, 8, 8)
-    assert asgit.guided_input(x, M, T, "alpha").shape == (1, 4, 8, 8)
+    assert asgit.join(x, None, "rhp") is x
+    w = asgit.AttentionTransfer()(torch.rand(1, 1, 3, 3), (8, 8))
+    assert torch.equal(asgit.join(x, w, "rhp"), (w + 1) * x)
+    assert asgit.join(x, w, "alpha").shape == (1, 4, 8, 8)
     assert asgit.generator_channels("pha", "alpha") == 4
     assert asgit.generator_channels("none", "alpha") == 3 and asgit.generator_channels("tam", "rhp") == 3
 
@@ -862,14 +861,15 @@ def test_bank_is_written_from_the_D_forward_on_the_translation_and_read_next_vis
     monkeypatch.setattr(model.T, "forward", lambda M, size: t_inputs.append(M.clone()) or t_forward(M, size))
     batch = tiny_batch(["a"], ["b"])
     model.train_step(batch)
-    assert torch.equal(t_inputs[0], torch.ones_like(t_inputs[0]))  # first visit: all ones
+    # T runs once a step on [M_x, M_y, placeholder]: the first row is the map that guides G(x)
+    assert len(t_inputs) == 1 and torch.equal(t_inputs[0], torch.ones_like(t_inputs[0]))  # first visit: ones
     d_on_fake = [M for x, M in seen if x.data_ptr() == model.visuals[2].data_ptr()]
     assert len(d_on_fake) == 1  # D_Y looked at G(x') once in the generator step: no extra pass
     stored = model.bank.read(["a"], batch["A_where"], "cpu")
     assert torch.allclose(stored, d_on_fake[0]) and not torch.equal(stored, torch.ones_like(stored))
     t_inputs.clear()
     model.train_step(batch)
-    assert torch.allclose(t_inputs[0], stored)  # next visit: G is guided by the stored map
+    assert torch.allclose(t_inputs[0][:1], stored)  # next visit: G is guided by the stored map
 
 
 def test_unpaired_resume_gives_the_weights_of_an_uninterrupted_run(objects_set, tmp_path, monkeypatch):

@@ -73,13 +73,11 @@ class SupervisedASGIT:
         self.schedulers = [asgit.linear_decay(o, opt.epochs, opt.epochs_decay) for o in (self.opt_G, self.opt_D)]
         self.visuals = None
 
-    def guide(self, x, M):
-        """x' = x (+) T(M); M None means the all-ones placeholder (Sec 4)."""
+    def weight(self, M, n, size):
+        """T(M), N x 1 x H x W (None = the all-ones placeholder of Sec 4); None with attention 'none'."""
         if self.T is None:
-            return x
-        if M is None:
-            M = asgit.placeholder_map(len(x), self.map_size, x.device)
-        return asgit.guided_input(x, M, self.T, self.opt.concat)
+            return None
+        return self.T(asgit.placeholder_map(n, self.map_size, self.device) if M is None else M, size)
 
     def train_step(self, batch):
         o, dev = self.opt, self.device
@@ -90,7 +88,7 @@ class SupervisedASGIT:
         # generator step: Eq. 9 for G and T, with D frozen
         asgit.set_requires_grad([self.D_Y], False)
         with asgit.autocast(o, dev):
-            fake_y = self.G(self.guide(x, M_x))
+            fake_y = self.G(asgit.join(x, self.weight(M_x, len(x), x.shape[-2:]), o.concat))
             # one D forward on (x, G(x')) gives both the adversarial loss and the next map (no extra pass)
             pred, M_fake = self.D_Y(torch.cat([x, fake_y], 1))
             loss = {"G": asgit.gan_loss(pred, True, o.gan_mode), "L1": asgit.l1_loss(fake_y, y)}
@@ -120,8 +118,9 @@ class SupervisedASGIT:
     def translate(self, images, direction=None):
         """Test time (Sec 4): the all-ones placeholder map. As pix2pix does, G stays in training mode:
         dropout stays on and batch norm uses the statistics of the test batch (test one image a batch)."""
+        images = images.to(self.device)
         with asgit.autocast(self.opt, self.device):
-            return self.G(self.guide(images.to(self.device), None)).float()
+            return self.G(asgit.join(images, self.weight(None, len(images), images.shape[-2:]), self.opt.concat)).float()
 
     def save_samples(self, path):
         if self.visuals is None:

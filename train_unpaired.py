@@ -20,10 +20,11 @@ import data
 PRESETS = {
     # Sec 4.1.4: ResNet-9, widths 64, batch 1, 100 + 100 epochs, load 286 / crop 256
     "paper": dict(ngf=64, ndf=64, n_blocks=9, load_size=286, crop_size=256, batch_size=1, epochs=100,
-                  epochs_decay=100, lr=2e-4, sample_every=1000),
-    # small enough to finish in minutes on a 2-core CPU, large enough to translate visibly
-    "synthetic": dict(ngf=16, ndf=16, n_blocks=3, load_size=72, crop_size=64, batch_size=1, epochs=4,
-                      epochs_decay=4, lr=2e-4, sample_every=200),
+                  epochs_decay=100, lr=2e-4, sample_every=1000, lambda_identity=0.0),
+    # small enough to finish in minutes on a 2-core CPU, large enough to translate visibly; the
+    # identity loss keeps these tiny networks from repainting the background (see README)
+    "synthetic": dict(ngf=32, ndf=16, n_blocks=3, load_size=72, crop_size=64, batch_size=1, epochs=6,
+                      epochs_decay=6, lr=2e-4, sample_every=300, lambda_identity=0.5),
 }
 # options a checkpoint must agree with: they change the networks, the data or the order of samples
 MUST_MATCH = ["data", "attention", "pha_layer", "concat", "ngf", "ndf", "n_blocks", "load_size", "crop_size",
@@ -34,8 +35,8 @@ def options(argv=None):
     p = asgit.add_common_options(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--n-blocks", type=int, help="residual blocks of G and F (paper: 9; 6 for 128 crops)")
     p.add_argument("--lambda-cyc", type=float, default=10.0, help="weight of the cycle loss, Eq. 11 (paper: 10)")
-    p.add_argument("--lambda-identity", type=float, default=0.0,
-                   help="CycleGAN's identity loss, as a fraction of lambda-cyc (CycleGAN uses 0.5); off in the paper")
+    p.add_argument("--lambda-identity", type=float,
+                   help="CycleGAN's identity loss, as a fraction of lambda-cyc (CycleGAN: 0.5); the paper: 0 (off)")
     p.add_argument("--pool-size", type=int, default=50, help="past fakes D is shown (CycleGAN: 50)")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="direction for --translate")
     return asgit.finish_options(p, argv, PRESETS)
@@ -65,17 +66,18 @@ class UnpairedASGIT:
         self.pool_Y, self.pool_X = asgit.ImagePool(opt.pool_size, opt.seed), asgit.ImagePool(opt.pool_size, opt.seed + 1)
         self.visuals = None
 
-    def guide(self, x, M):
-        """x' = x (+) T(M); M None means the all-ones placeholder (Sec 4)."""
+    def weights(self, maps, n, size):
+        """T(M) for a list of maps (None = the all-ones placeholder of Sec 4), in one pass of T.
+        Each result is N x 1 x H x W; all None with attention 'none'."""
         if self.T is None:
-            return x
-        if M is None:
-            M = asgit.placeholder_map(len(x), self.map_size, x.device)
-        return asgit.guided_input(x, M, self.T, self.opt.concat)
+            return [None] * len(maps)
+        maps = [asgit.placeholder_map(n, self.map_size, self.device) if M is None else M for M in maps]
+        return list(self.T(torch.cat(maps), size).split(n))
 
     def train_step(self, batch):
         o, dev = self.opt, self.device
         x, y = batch["A"].to(dev, non_blocking=True), batch["B"].to(dev, non_blocking=True)
+        join = lambda image, weight: asgit.join(image, weight, o.concat)
         # Eq. 1: the maps D gave these images' translations at their previous visit (ones at the first)
         M_x = self.bank.read(batch["A_id"], batch["A_where"], dev) if self.T else None
         M_y = self.bank.read(batch["B_id"], batch["B_where"], dev) if self.T else None
@@ -83,12 +85,13 @@ class UnpairedASGIT:
         # generator step: Eq. 11 for G, F and T, with D frozen
         asgit.set_requires_grad([self.D_Y, self.D_X], False)
         with asgit.autocast(o, dev):
-            fake_y = self.G(self.guide(x, M_x))
-            fake_x = self.F(self.guide(y, M_y))
-            # The reconstruction F(G(x)) gets G(x) with the all-ones placeholder: G(x) is a new image
-            # with no map of its own, and that is exactly the input F gets at test time (Sec 4).
-            rec_x = self.F(self.guide(fake_y, None))
-            rec_y = self.G(self.guide(fake_x, None))
+            # The reconstruction F(G(x)) (and the identity input) gets the all-ones placeholder: G(x) is a
+            # new image with no map of its own, and that is exactly what F gets at test time (Sec 4).
+            w_x, w_y, w_new = self.weights([M_x, M_y, None], len(x), x.shape[-2:])
+            fake_y = self.G(join(x, w_x))
+            fake_x = self.F(join(y, w_y))
+            rec_x = self.F(join(fake_y, w_new))
+            rec_y = self.G(join(fake_x, w_new))
             # one D forward per translation gives both the adversarial loss and the next map (no extra pass)
             pred_y, M_fake_y = self.D_Y(fake_y)
             pred_x, M_fake_x = self.D_X(fake_x)
@@ -96,8 +99,8 @@ class UnpairedASGIT:
                     "cyc_X": asgit.cycle_loss(x, rec_x), "cyc_Y": asgit.cycle_loss(y, rec_y)}
             loss["idt"] = torch.zeros((), device=dev)
             if o.lambda_identity > 0:
-                loss["idt"] = (asgit.identity_loss(y, self.G(self.guide(y, None)))
-                               + asgit.identity_loss(x, self.F(self.guide(x, None))))
+                loss["idt"] = (asgit.identity_loss(y, self.G(join(y, w_new)))
+                               + asgit.identity_loss(x, self.F(join(x, w_new))))
             total = (loss["G"] + loss["F"] + o.lambda_cyc * (loss["cyc_X"] + loss["cyc_Y"])
                      + o.lambda_cyc * o.lambda_identity * loss["idt"])
         self.opt_G.zero_grad(set_to_none=True)
@@ -127,10 +130,11 @@ class UnpairedASGIT:
         """Test time (Sec 4): the all-ones placeholder map. images N x 3 x H x W in [-1, 1]."""
         net = self.G if direction == "AtoB" else self.F
         net.eval()
+        images = images.to(self.device)
         with asgit.autocast(self.opt, self.device):
-            out = net(self.guide(images.to(self.device), None)).float()
+            out = net(asgit.join(images, self.weights([None], len(images), images.shape[-2:])[0], self.opt.concat))
         net.train()
-        return out
+        return out.float()
 
     def save_samples(self, path):
         if self.visuals is None:

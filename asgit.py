@@ -694,20 +694,37 @@ class LossLog:
         self.rows = []
 
 
-def benchmark(step, n, warmup=3, device=torch.device("cpu")):
-    """Median wall time in ms of n calls of step() after warmup calls (synchronising the device
-    around each timed call, which only the benchmark does)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
+def setup(opt):
+    """Device, default workers, seeds: the first lines of both scripts' main()."""
+    device = pick_device(opt.device)
+    if opt.workers is None:
+        opt.workers = 4 if device.type == "cuda" else 0
+    seed_everything(opt.seed)
+    torch.backends.cudnn.benchmark = True
+    return device
+
+
+def benchmark(model, opt, make_batch, warmup=3):
+    """--benchmark N: the median wall time in ms of N training steps on random tensors, after warm-up
+    steps. Image ids repeat every 16 steps so the bank is read and written as in training. The
+    device is synchronised around each timed step, which only the benchmark does."""
+    n, c = opt.batch_size, opt.crop_size
+    g = torch.Generator().manual_seed(opt.seed)
+    images = [torch.rand(n, 3, c, c, generator=g) * 2 - 1 for _ in range(8)]
+    where = torch.zeros(n, 3, dtype=torch.long)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     times = []
-    for _ in range(n):
+    for i in range(warmup + opt.benchmark):
+        ids = [f"bench/{(i * n + k) % 16}" for k in range(n)]
+        batch = make_batch(images[i % 8], images[(i + 3) % 8], ids, where)
+        sync()
         t = time.perf_counter()
-        step()
+        model.train_step(batch)
         sync()
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    median = statistics.median(times[warmup:])
+    print(f"step_ms={median:.1f}")
+    return median
 
 
 def add_common_options(p):

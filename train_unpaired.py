@@ -209,32 +209,12 @@ def test_phase(model, opt, root, run):
     return metrics
 
 
-def benchmark(model, opt):
-    """Time training steps of this configuration on random tensors; print step_ms=<median>."""
-    n, c = opt.batch_size, opt.crop_size
-    g = torch.Generator().manual_seed(opt.seed)
-    images = [torch.rand(n, 3, c, c, generator=g) * 2 - 1 for _ in range(8)]
-    state = {"i": 0}
-
-    def step():
-        i = state["i"] = state["i"] + 1
-        ids = [f"bench/{(i * n + k) % 16}" for k in range(n)]  # revisits, so the bank is read and written
-        where = torch.zeros(n, 3, dtype=torch.long)
-        model.train_step({"A": images[i % 8], "B": images[(i + 3) % 8], "A_id": ids, "B_id": ids,
-                          "A_where": where, "B_where": where})
-
-    print(f"step_ms={asgit.benchmark(step, opt.benchmark, device=model.device):.1f}")
-
-
 def main(argv=None):
     opt = options(argv)
-    device = asgit.pick_device(opt.device)
-    if opt.workers is None:
-        opt.workers = 4 if device.type == "cuda" else 0
-    asgit.seed_everything(opt.seed)
-    torch.backends.cudnn.benchmark = True
+    device = asgit.setup(opt)
     if opt.benchmark:
-        return benchmark(UnpairedASGIT(opt, device), opt)
+        return asgit.benchmark(UnpairedASGIT(opt, device), opt, lambda a, b, ids, where: {
+            "A": a, "B": b, "A_id": ids, "B_id": ids, "A_where": where, "B_where": where})
     root = data.resolve_data(opt.data, "unaligned")
     model = UnpairedASGIT(opt, device)
     run, progress = asgit.start_run(opt, model, MUST_MATCH)

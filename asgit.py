@@ -669,12 +669,16 @@ class StopFlag:
 
 class LossLog:
     """losses.csv, one row per step. Loss tensors stay on the device and are fetched every
-    `every` steps in one transfer, so logging adds no per-step host-device sync."""
+    `every` steps in one transfer, so logging adds no per-step host-device sync. A resumed run
+    keeps the rows up to its checkpoint's step and drops any logged after it."""
 
-    def __init__(self, path, names, every=25, resume=False):
+    def __init__(self, path, names, every=25, resume_step=None):
         self.path, self.names, self.every, self.rows = Path(path), list(names), every, []
-        if not (resume and self.path.exists()):
-            self.path.write_text(",".join(["step"] + self.names) + "\n")
+        header = ",".join(["step"] + self.names)
+        kept = []
+        if resume_step is not None and self.path.exists():
+            kept = [r for r in self.path.read_text().splitlines()[1:] if int(r.split(",")[0]) <= resume_step]
+        self.path.write_text("\n".join([header] + kept) + "\n")
         self.last = {}
 
     def add(self, step, losses):
@@ -790,7 +794,8 @@ def fit(model, dataset, opt, run, progress, device):
     per_epoch = math.ceil(len(dataset) / opt.batch_size)
     total_epochs = opt.epochs + opt.epochs_decay
     last = min(opt.max_steps or per_epoch * total_epochs, per_epoch * total_epochs)
-    log = LossLog(run / "losses.csv", model.loss_names, every=min(25, opt.sample_every), resume=opt.resume)
+    log = LossLog(run / "losses.csv", model.loss_names, every=min(25, opt.sample_every),
+                  resume_step=progress["step"] if opt.resume else None)
     bar = tqdm(total=last, initial=progress["step"], desc=opt.name, unit="step", dynamic_ncols=True)
 
     def save():

@@ -883,7 +883,9 @@ def test_unpaired_resume_gives_the_weights_of_an_uninterrupted_run(objects_set, 
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
     assert a["bank"]["maps"].keys() == b["bank"]["maps"].keys()
-    assert len((Path("runs/split") / "losses.csv").read_text().splitlines()) == 7
+    rows = (Path("runs/split") / "losses.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+    assert rows[1:] == (Path("runs/straight") / "losses.csv").read_text().splitlines()[1:]  # same losses too
 
 
 def test_checkpoint_mismatch_and_existing_run_messages(objects_set, tmp_path, monkeypatch):
@@ -1004,3 +1006,15 @@ def test_identity_loss_when_asked_and_resnet_G_for_supervised(objects_set, label
 def test_psnr_by_hand():
     a, b = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.2)  # [0, 1] difference 0.1: MSE 0.01 -> 20 dB
     assert math.isclose(asgit.psnr(a, b), 20.0, rel_tol=1e-5)
+
+
+def test_loss_log_batches_rows_and_a_resume_drops_rows_after_the_checkpoint(tmp_path):
+    path = tmp_path / "losses.csv"
+    log = asgit.LossLog(path, ["G", "D"], every=2)
+    for step in range(1, 6):
+        log.add(step, {"G": torch.tensor(step * 1.0), "D": torch.tensor(0.5)})
+    assert len(path.read_text().splitlines()) == 5  # step 5 waits for the next fetch
+    log.flush()
+    assert path.read_text().splitlines()[5] == "5,5,0.5" and log.last == {"G": 5.0, "D": 0.5}
+    asgit.LossLog(path, ["G", "D"], resume_step=3)  # the checkpoint was at step 3
+    assert [r.split(",")[0] for r in path.read_text().splitlines()] == ["step", "1", "2", "3"]

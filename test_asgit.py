@@ -813,6 +813,14 @@ def load_run(name):
     return torch.load(Path("runs") / name / "checkpoint.pt", weights_only=True)
 
 
+def straight_and_resumed(main, args):
+    """Checkpoints of 6 steps straight and of 3 steps then --resume to 6 (same options)."""
+    main(args + ["--max-steps", "6", "--name", "straight"])
+    main(args + ["--max-steps", "3", "--name", "split"])
+    main(args + ["--max-steps", "6", "--name", "split", "--resume"])
+    return load_run("straight"), load_run("split")
+
+
 @pytest.mark.parametrize("attention,concat", [("none", "rhp"), ("pha", "rhp"), ("pha", "alpha"),
                                               ("tam", "rhp"), ("tam", "alpha")])
 def test_unpaired_few_steps_each_attention_and_concat(objects_set, tmp_path, monkeypatch, attention, concat):
@@ -874,10 +882,7 @@ def test_bank_is_written_from_the_D_forward_on_the_translation_and_read_next_vis
 
 def test_unpaired_resume_gives_the_weights_of_an_uninterrupted_run(objects_set, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_unpaired.main(unpaired(objects_set, "--max-steps", "6", "--name", "straight"))
-    train_unpaired.main(unpaired(objects_set, "--max-steps", "3", "--name", "split"))
-    train_unpaired.main(unpaired(objects_set, "--max-steps", "6", "--name", "split", "--resume"))
-    a, b = load_run("straight"), load_run("split")
+    a, b = straight_and_resumed(train_unpaired.main, unpaired(objects_set))
     assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"]
     for key in ("G", "F", "D_Y", "D_X", "T"):
         for name in a[key]:
@@ -965,10 +970,7 @@ def test_supervised_conditional_D_sees_the_input(labels_set, monkeypatch):
 
 def test_supervised_resume_gives_the_weights_of_an_uninterrupted_run(labels_set, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_supervised.main(supervised(labels_set, "--max-steps", "6", "--name", "straight"))
-    train_supervised.main(supervised(labels_set, "--max-steps", "3", "--name", "split"))
-    train_supervised.main(supervised(labels_set, "--max-steps", "6", "--name", "split", "--resume"))
-    a, b = load_run("straight"), load_run("split")
+    a, b = straight_and_resumed(train_supervised.main, supervised(labels_set))
     for key in ("G", "D_Y", "T"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"

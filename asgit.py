@@ -276,17 +276,61 @@ class AttentionTransfer(nn.Module):
     N x 1 x h x w (D's resolution) -> N x 1 x H x W (image size) in (0, 1).
     The convolutions run at D's resolution (cheap) and the result is upsampled bilinearly.
     Replicate padding keeps a flat map flat, so the all-ones placeholder gives a flat weight.
+
+    Initialisation (the paper gives none): N(0, 0.02) like every other layer, plus an identity
+    path, so that at the first step T(M) ~ sigmoid(gain * (M - 1/2)) follows M (correlation ~0.99,
+    range ~0.7 for a min-max normalised map). Plain N(0, 0.02) convs start flat (T(M) = 0.50 +- 0.001
+    for any M), which would feed G a constant gain instead of D's attention. Whether training keeps
+    the map alive is left to the loss, and shown by the w_range column of losses.csv.
     """
 
-    def __init__(self, width=16):
+    def __init__(self, width=16, gain=4.0):
         super().__init__()
         conv = lambda i, o: nn.Conv2d(i, o, 3, padding=1, padding_mode="replicate")
         self.net = nn.Sequential(conv(1, width), nn.LeakyReLU(0.2), conv(width, width), nn.LeakyReLU(0.2), conv(width, 1))
         init_weights(self)
+        first, middle, last = self.net[0], self.net[2], self.net[4]
+        with torch.no_grad():  # centre taps: copy M into every channel, pass it on, average it back
+            first.weight[:, 0, 1, 1] += 1
+            middle.weight += nn.init.dirac_(torch.empty_like(middle.weight))
+            last.weight[0, :, 1, 1] += gain / width
+            last.bias.fill_(-gain / 2)
 
     def forward(self, M, size):
-        w = nnf.interpolate(self.net(M), size=tuple(size), mode="bilinear", align_corners=False)
-        return torch.sigmoid(w)  # N x 1 x H x W
+        return torch.sigmoid(upsample(self.net(M), size))  # N x 1 x H x W
+
+
+def upsample(M, size):
+    """A map at D's resolution to the image size: N x 1 x h x w -> N x 1 x H x W (bilinear)."""
+    return nnf.interpolate(M, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+TRANSFERS = ("learned", "raw", "flat")
+
+
+def weight_map(T, M, size, transfer="learned"):
+    """The pixel weight map g(M) that Eq. 4 / 5 join to the input. N x 1 x h x w -> N x 1 x H x W.
+
+    learned: T(M), the paper's attention transfer block (Sec 3.4).
+    raw:     up(M), the map itself, as the authors' unpaired code feeds it (no T).
+    flat:    0.5 everywhere whatever M says: a control with the same mean input gain and no
+             attention (x' = 1.5 x, the authors' test-time weight, at every visit).
+    """
+    if transfer == "learned":
+        return T(M, size)
+    if transfer == "raw":
+        return upsample(M, size)
+    if transfer == "flat":
+        return torch.full((len(M), 1, *size), 0.5, device=M.device, dtype=M.dtype)
+    raise ValueError(f"unknown --transfer {transfer!r}: use one of {', '.join(TRANSFERS)}")
+
+
+def weight_range(weight):
+    """The mean within-image range (max - min) of weight maps N x 1 x H x W: 0 when G's input is
+    scaled uniformly (first visits, the placeholder, a flat T), up to 1 when D's map reaches G
+    at full contrast. Logged every step as w_range."""
+    w = weight.detach().float().flatten(1)  # N x (H W)
+    return (w.amax(1) - w.amin(1)).mean()
 
 
 def rhp(x, weight):
@@ -300,7 +344,7 @@ def alpha(x, weight):
 
 
 def join(x, weight, concat):
-    """x' = x (+) g(M) of Eq. 1: RHP (Eq. 4) or alpha (Eq. 5) with weight = T(M). weight None
+    """x' = x (+) g(M) of Eq. 1: RHP (Eq. 4) or alpha (Eq. 5) with weight = weight_map(...). weight None
     (attention 'none', no T) gives x itself: plain CycleGAN / pix2pix, at no extra cost."""
     if weight is None:
         return x
@@ -741,6 +785,9 @@ def add_common_options(p):
                    help="D's attention: post hoc (Eq. 2), trainable module (Eq. 3), or none = the plain baseline")
     p.add_argument("--pha-layer", type=int, default=4, help="the conv layer of D that PHA reads (paper: 4)")
     p.add_argument("--concat", choices=CONCATS, default="rhp", help="RHP (Eq. 4) or alpha channel (Eq. 5)")
+    p.add_argument("--transfer", choices=TRANSFERS, default="learned",
+                   help="the weight map G gets: learned = T(M) (the paper), raw = the upsampled map (the authors' "
+                        "unpaired code), flat = 0.5 everywhere (control: the same gain without attention)")
     p.add_argument("--gan-mode", choices=GAN_MODES, default="lsgan", help="LSGAN (Eq. 7) or vanilla GAN (Eq. 6)")
     p.add_argument("--ngf", type=int, help="generator width (paper: 64)")
     p.add_argument("--ndf", type=int, help="discriminator width (paper: 64)")
@@ -775,7 +822,9 @@ def finish_options(p, argv, presets, name_parts=()):
         if getattr(opt, key) is None:
             setattr(opt, key, value)
     if opt.name is None:
-        parts = [Path(opt.data).name, opt.attention] + ([opt.concat] if opt.attention != "none" else [])
+        parts = [Path(opt.data).name, opt.attention]
+        if opt.attention != "none":
+            parts += [opt.concat] + ([opt.transfer] if opt.transfer != "learned" else [])
         opt.name = "_".join(parts + [str(getattr(opt, k)) for k in name_parts])
     for key in ("ngf", "ndf", "crop_size", "batch_size", "epochs_decay", "sample_every", "save_every"):
         if getattr(opt, key) is not None and getattr(opt, key) < (0 if key == "epochs_decay" else 1):
@@ -787,7 +836,7 @@ def finish_options(p, argv, presets, name_parts=()):
 
 def fit(model, dataset, opt, run, progress, device):
     """The loop both scripts share: epochs of a seeded, resumable order; model.train_step on each
-    batch; losses to CSV and tqdm; sample grids; checkpoints; the learning-rate step at each
+    batch; losses to CSV, tqdm and losses.png; sample grids; checkpoints; the learning-rate step at each
     epoch's end; Ctrl-C saves and stops. Returns True when training ran to its end."""
     from tqdm import tqdm
     import data
@@ -803,6 +852,12 @@ def fit(model, dataset, opt, run, progress, device):
         save_checkpoint({**model.state_dict(), **progress, "options": vars(opt), "rng": rng_state()},
                         run / "checkpoint.pt")
 
+    def pictures():  # the sample grid of this step, the loss curves so far, the page that shows them
+        log.flush()
+        model.save_samples(run / "samples" / f"step_{progress['step']:07d}.png")
+        data.plot_losses(run / "losses.csv", run / "losses.png", model.loss_panels)
+        data.write_html(run, opt.name)
+
     with StopFlag() as flag:
         while progress["step"] < last and not flag.stop:
             loader = data.make_loader(dataset, opt.batch_size, opt.seed, progress["epoch"],
@@ -816,8 +871,7 @@ def fit(model, dataset, opt, run, progress, device):
                 if progress["step"] % log.every == 0:
                     bar.set_postfix({k: f"{v:.3f}" for k, v in log.last.items()}, refresh=False)
                 if progress["step"] % opt.sample_every == 0:
-                    model.save_samples(run / "samples" / f"step_{progress['step']:07d}.png")
-                    data.write_html(run, opt.name)
+                    pictures()
                 if progress["step"] % opt.save_every == 0:
                     save()
                 if progress["step"] >= last or flag.stop:
@@ -829,8 +883,7 @@ def fit(model, dataset, opt, run, progress, device):
                 save()
         bar.close()
         save()
-        model.save_samples(run / "samples" / f"step_{progress['step']:07d}.png")
-        data.write_html(run, opt.name)
+        pictures()
         if flag.stop:
             print(f"stopped at step {progress['step']}; checkpoint saved in {run / 'checkpoint.pt'}: "
                   f"continue with the same command and --resume")

@@ -7,7 +7,7 @@ Sections, in order:
   4. synthetic datasets         (made from a seed, with the true translation known)
   5. download / extract         (named CycleGAN and pix2pix sets, safe extraction, Cityscapes prep)
   6. folder checks              (resolve_data: --data SPEC -> a validated folder)
-  7. pictures                   (tensor <-> PIL, attention heat maps, sample grids, index.html)
+  7. pictures                   (tensor <-> PIL, attention heat maps, sample grids, loss curves, index.html)
   8. loaders                    (training batches in resumable order, test folders, --translate)
 
 Image tensors are float32, 3 x H x W, in [-1, 1] (mean 0.5, std 0.5 normalisation).
@@ -1001,19 +1001,81 @@ def save_grid(path, rows, labels=None, min_tile=128):
     return path
 
 
+_LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def plot_losses(csv_path, png_path, panels, width=560, height=150):
+    """Draw losses.csv as png_path: one panel per (title, [columns]) in panels, each column a line of
+    its values smoothed by an exponential moving average (faint: the raw values), with the step range
+    below and the value range at the left. PIL only. Columns the CSV lacks are skipped."""
+    import csv
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) < 2:
+        return None
+    steps = [int(r["step"]) for r in rows]
+    font = ImageFont.load_default()
+    pad_l, pad_r, pad_t, pad_b = 58, 10, 20, 16
+    im = Image.new("RGB", (width, height * len(panels)), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    alpha = min(1.0, 20 / len(rows))  # about 5 % of the run's steps in the average
+    for k, (title, columns) in enumerate(panels):
+        top = k * height
+        columns = [c for c in columns if c in rows[0]]
+        raw = {c: [float(r[c]) for r in rows] for c in columns}
+        smooth = {}
+        for c, values in raw.items():
+            avg, smooth[c] = values[0], []
+            for v in values:
+                avg += alpha * (v - avg)
+                smooth[c].append(avg)
+        everything = [v for vs in raw.values() for v in vs if math.isfinite(v)] or [0.0]
+        lo, hi = min(everything), max(everything)
+        hi = hi if hi > lo else lo + 1
+        x0, x1, y0, y1 = pad_l, width - pad_r, top + pad_t, top + height - pad_b
+        draw.rectangle([x0, y0, x1, y1], outline=(160, 160, 160))
+        draw.text((x0, top + 4), title, fill=(0, 0, 0), font=font)
+        draw.text((4, y0), f"{hi:.3g}", fill=(90, 90, 90), font=font)
+        draw.text((4, y1 - 10), f"{lo:.3g}", fill=(90, 90, 90), font=font)
+        draw.text((x0, y1 + 2), f"step {steps[0]}", fill=(90, 90, 90), font=font)
+        last = f"step {steps[-1]}"
+        draw.text((x1 - draw.textlength(last, font=font), y1 + 2), last, fill=(90, 90, 90), font=font)
+        span = max(1, steps[-1] - steps[0])
+        xy = lambda i, v: (x0 + (x1 - x0) * (steps[i] - steps[0]) / span, y1 - (y1 - y0) * (v - lo) / (hi - lo))
+        legend_x = x0 + draw.textlength(title, font=font) + 16
+        for j, c in enumerate(columns):
+            colour = _LINE_COLOURS[j % len(_LINE_COLOURS)]
+            faint = tuple(int(255 - (255 - v) * 0.25) for v in colour)
+            for values, fill in ((raw[c], faint), (smooth[c], colour)):
+                points = [xy(i, v) for i, v in enumerate(values) if math.isfinite(v)]
+                if len(points) > 1:
+                    draw.line(points, fill=fill, width=1 if fill is faint else 2)
+            text = f"{c} = {smooth[c][-1]:.3g}"
+            draw.text((legend_x, top + 4), text, fill=colour, font=font)
+            legend_x += draw.textlength(text, font=font) + 14
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(png_path, "PNG")
+    return png_path
+
+
 def _step_of(path):
     numbers = re.findall(r"\d+", path.stem)
     return int(numbers[-1]) if numbers else -1
 
 
 def write_html(run_dir, title):
-    """Write run_dir/index.html showing the PNGs under run_dir/samples/, newest step first."""
+    """Write run_dir/index.html: losses.png (when there is one), then the PNGs under run_dir/samples/,
+    newest step first."""
     run_dir = Path(run_dir)
     pngs = sorted((run_dir / "samples").rglob("*.png"), key=lambda p: (_step_of(p), p.stat().st_mtime, p.name),
                   reverse=True) if (run_dir / "samples").is_dir() else []
     parts = [f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:1em} img{image-rendering:pixelated;max-width:100%}</style>",
              f"</head><body>\n<h1>{html.escape(title)}</h1>"]
+    if (run_dir / "losses.png").exists():
+        parts.append("<h3>losses (smoothed; w_range: how much of D's map reached the generator)</h3>"
+                     "<img src='losses.png' alt='losses.png'>")
     if not pngs:
         parts.append("<p>No samples yet.</p>")
     for p in pngs:

@@ -27,7 +27,7 @@ PRESETS = {
     "synthetic": dict(ngf=16, ndf=16, load_size=72, crop_size=64, batch_size=1, epochs=4, epochs_decay=4,
                       lr=2e-4, sample_every=200),
 }
-MUST_MATCH = ["data", "direction", "attention", "pha_layer", "concat", "netG", "ngf", "ndf", "load_size",
+MUST_MATCH = ["data", "direction", "attention", "pha_layer", "concat", "transfer", "netG", "ngf", "ndf", "load_size",
               "crop_size", "batch_size", "seed"]
 
 
@@ -51,7 +51,9 @@ class SupervisedASGIT:
     """G: X -> Y (generator), D_Y (conditional attention discriminator: it sees input and output
     together), T (attention transfer block), and the bank of Eq. 1. X is the input half, Y the target."""
 
-    loss_names = ["D_Y", "G", "L1"]
+    loss_names = ["D_Y", "G", "L1", "w_range"]
+    loss_panels = [("D_Y (Eq. 7 / 6)", ["D_Y"]), ("G adversarial", ["G"]), ("L1 (Eq. 8)", ["L1"]),
+                   ("attention reaching G", ["w_range"])]
 
     def __init__(self, opt, device):
         self.opt, self.device = opt, device
@@ -64,31 +66,35 @@ class SupervisedASGIT:
         self.G.to(device)
         self.D_Y = asgit.PatchDiscriminator(6, opt.ndf, norm="batch", attention=opt.attention,
                                             pha_layer=opt.pha_layer).to(device)
-        # attention 'none' builds no T and no bank: exactly pix2pix
-        self.T = asgit.AttentionTransfer().to(device) if opt.attention != "none" else None
-        self.map_size = self.D_Y.map_size(opt.crop_size) if self.T else None
-        self.bank = asgit.AttentionBank(opt.load_size, opt.crop_size, self.map_size) if self.T else None
+        # attention 'none' builds no T and no bank: exactly pix2pix; --transfer raw / flat keep the bank
+        # but need no T
+        guided = opt.attention != "none"
+        self.T = asgit.AttentionTransfer().to(device) if guided and opt.transfer == "learned" else None
+        self.map_size = self.D_Y.map_size(opt.crop_size) if guided else None
+        self.bank = asgit.AttentionBank(opt.load_size, opt.crop_size, self.map_size) if guided else None
         self.opt_G = asgit.adam([*self.G.parameters(), *(self.T.parameters() if self.T else [])], opt.lr)
         self.opt_D = asgit.adam(self.D_Y.parameters(), opt.lr)
         self.schedulers = [asgit.linear_decay(o, opt.epochs, opt.epochs_decay) for o in (self.opt_G, self.opt_D)]
         self.visuals = None
 
     def weight(self, M, n, size):
-        """T(M), N x 1 x H x W (None = the all-ones placeholder of Sec 4); None with attention 'none'."""
-        if self.T is None:
+        """g(M), N x 1 x H x W (M None = the all-ones placeholder of Sec 4); None with attention 'none'."""
+        if self.bank is None:
             return None
-        return self.T(asgit.placeholder_map(n, self.map_size, self.device) if M is None else M, size)
+        M = asgit.placeholder_map(n, self.map_size, self.device) if M is None else M
+        return asgit.weight_map(self.T, M, size, self.opt.transfer)
 
     def train_step(self, batch):
         o, dev = self.opt, self.device
         x, y = batch["A"].to(dev, non_blocking=True), batch["B"].to(dev, non_blocking=True)
         # Eq. 1: the map D gave this image's translation at its previous visit (ones at the first)
-        M_x = self.bank.read(batch["id"], batch["where"], dev) if self.T else None
+        M_x = self.bank.read(batch["id"], batch["where"], dev) if self.bank else None
 
         # generator step: Eq. 9 for G and T, with D frozen
         asgit.set_requires_grad([self.D_Y], False)
         with asgit.autocast(o, dev):
-            fake_y = self.G(asgit.join(x, self.weight(M_x, len(x), x.shape[-2:]), o.concat))
+            w_x = self.weight(M_x, len(x), x.shape[-2:])
+            fake_y = self.G(asgit.join(x, w_x, o.concat))
             # one D forward on (x, G(x')) gives both the adversarial loss and the next map (no extra pass)
             pred, M_fake = self.D_Y(torch.cat([x, fake_y], 1))
             loss = {"G": asgit.gan_loss(pred, True, o.gan_mode), "L1": asgit.l1_loss(fake_y, y)}
@@ -96,7 +102,8 @@ class SupervisedASGIT:
         self.opt_G.zero_grad(set_to_none=True)
         total.backward()
         self.opt_G.step()
-        if self.T:  # store D's view of this translation for the image's next visit
+        loss["w_range"] = asgit.weight_range(w_x) if self.bank else torch.zeros((), device=dev)
+        if self.bank:  # store D's view of this translation for the image's next visit
             self.bank.write(batch["id"], batch["where"], M_fake)
 
         # discriminator step: Eq. 7 (or 6) on (x, y) and (x, G(x')); pix2pix keeps no pool of fakes
@@ -107,7 +114,7 @@ class SupervisedASGIT:
         self.opt_D.zero_grad(set_to_none=True)
         loss["D_Y"].backward()
         self.opt_D.step()
-        self.visuals = (x, M_fake, fake_y, y)
+        self.visuals = (x, w_x, fake_y, M_fake, y)
         return loss
 
     def end_epoch(self):
@@ -125,9 +132,9 @@ class SupervisedASGIT:
     def save_samples(self, path):
         if self.visuals is None:
             return
-        x, M, fy, y = [v[0].detach().float().cpu() if v is not None else None for v in self.visuals]
-        if self.T:
-            data.save_grid(path, [[x, M, fy, y]], ["input", "attention of D", "translation", "target"])
+        x, w, fy, M, y = [v[0].detach().float().cpu() if v is not None else None for v in self.visuals]
+        if self.bank:
+            data.save_grid(path, [[x, w, fy, M, y]], ["input", "weight G got", "translation", "D's map of it", "target"])
         else:
             data.save_grid(path, [[x, fy, y]], ["input", "translation", "target"])
 
@@ -142,6 +149,7 @@ class SupervisedASGIT:
             getattr(self, k).load_state_dict(state[k])
         if self.T:
             self.T.load_state_dict(state["T"])
+        if self.bank:
             self.bank.load_state_dict(state["bank"])
         for s, st in zip(self.schedulers, state["schedulers"]):
             s.load_state_dict(st)

@@ -27,7 +27,7 @@ PRESETS = {
                       epochs_decay=6, lr=2e-4, sample_every=300, lambda_identity=0.5),
 }
 # options a checkpoint must agree with: they change the networks, the data or the order of samples
-MUST_MATCH = ["data", "attention", "pha_layer", "concat", "ngf", "ndf", "n_blocks", "load_size", "crop_size",
+MUST_MATCH = ["data", "attention", "pha_layer", "concat", "transfer", "ngf", "ndf", "n_blocks", "load_size", "crop_size",
               "batch_size", "seed"]
 
 
@@ -46,7 +46,9 @@ class UnpairedASGIT:
     """G: X -> Y and F: Y -> X (generators), D_Y and D_X (attention discriminators of Y and X), one T
     shared by both directions (Sec 3.2), and the bank of Eq. 1. Domain A is X, domain B is Y."""
 
-    loss_names = ["D_Y", "D_X", "G", "F", "cyc_X", "cyc_Y", "idt"]
+    loss_names = ["D_Y", "D_X", "G", "F", "cyc_X", "cyc_Y", "idt", "w_range"]
+    loss_panels = [("D_Y, D_X (Eq. 7 / 6)", ["D_Y", "D_X"]), ("G, F adversarial", ["G", "F"]),
+                   ("cycle (Eq. 10), identity", ["cyc_X", "cyc_Y", "idt"]), ("attention reaching G, F", ["w_range"])]
 
     def __init__(self, opt, device):
         self.opt, self.device = opt, device
@@ -55,10 +57,12 @@ class UnpairedASGIT:
         self.F = asgit.ResnetGenerator(c, 3, opt.ngf, opt.n_blocks).to(device)
         self.D_Y = asgit.PatchDiscriminator(3, opt.ndf, attention=opt.attention, pha_layer=opt.pha_layer).to(device)
         self.D_X = asgit.PatchDiscriminator(3, opt.ndf, attention=opt.attention, pha_layer=opt.pha_layer).to(device)
-        # attention 'none' builds no T and no bank: exactly CycleGAN
-        self.T = asgit.AttentionTransfer().to(device) if opt.attention != "none" else None
-        self.map_size = self.D_Y.map_size(opt.crop_size) if self.T else None
-        self.bank = asgit.AttentionBank(opt.load_size, opt.crop_size, self.map_size) if self.T else None
+        # attention 'none' builds no T and no bank: exactly CycleGAN; --transfer raw / flat keep the bank
+        # but need no T
+        guided = opt.attention != "none"
+        self.T = asgit.AttentionTransfer().to(device) if guided and opt.transfer == "learned" else None
+        self.map_size = self.D_Y.map_size(opt.crop_size) if guided else None
+        self.bank = asgit.AttentionBank(opt.load_size, opt.crop_size, self.map_size) if guided else None
         g_params = [*self.G.parameters(), *self.F.parameters(), *(self.T.parameters() if self.T else [])]
         self.opt_G = asgit.adam(g_params, opt.lr)  # T is trained with the generators
         self.opt_D = asgit.adam([*self.D_Y.parameters(), *self.D_X.parameters()], opt.lr)
@@ -67,20 +71,20 @@ class UnpairedASGIT:
         self.visuals = None
 
     def weights(self, maps, n, size):
-        """T(M) for a list of maps (None = the all-ones placeholder of Sec 4), in one pass of T.
-        Each result is N x 1 x H x W; all None with attention 'none'."""
-        if self.T is None:
+        """The weight maps g(M) for a list of maps (None = the all-ones placeholder of Sec 4), in one
+        pass of T. Each result is N x 1 x H x W; all None with attention 'none'."""
+        if self.bank is None:
             return [None] * len(maps)
         maps = [asgit.placeholder_map(n, self.map_size, self.device) if M is None else M for M in maps]
-        return list(self.T(torch.cat(maps), size).split(n))
+        return list(asgit.weight_map(self.T, torch.cat(maps), size, self.opt.transfer).split(n))
 
     def train_step(self, batch):
         o, dev = self.opt, self.device
         x, y = batch["A"].to(dev, non_blocking=True), batch["B"].to(dev, non_blocking=True)
         join = lambda image, weight: asgit.join(image, weight, o.concat)
         # Eq. 1: the maps D gave these images' translations at their previous visit (ones at the first)
-        M_x = self.bank.read(batch["A_id"], batch["A_where"], dev) if self.T else None
-        M_y = self.bank.read(batch["B_id"], batch["B_where"], dev) if self.T else None
+        M_x = self.bank.read(batch["A_id"], batch["A_where"], dev) if self.bank else None
+        M_y = self.bank.read(batch["B_id"], batch["B_where"], dev) if self.bank else None
 
         # generator step: Eq. 11 for G, F and T, with D frozen
         asgit.set_requires_grad([self.D_Y, self.D_X], False)
@@ -106,7 +110,9 @@ class UnpairedASGIT:
         self.opt_G.zero_grad(set_to_none=True)
         total.backward()
         self.opt_G.step()
-        if self.T:  # store D's view of this translation for the image's next visit
+        # how much of D's map reached G and F: the within-image range of the weights they got
+        loss["w_range"] = asgit.weight_range(torch.cat([w_x, w_y])) if self.bank else torch.zeros((), device=dev)
+        if self.bank:  # store D's view of this translation for the image's next visit
             self.bank.write(batch["A_id"], batch["A_where"], M_fake_y)
             self.bank.write(batch["B_id"], batch["B_where"], M_fake_x)
 
@@ -118,7 +124,7 @@ class UnpairedASGIT:
         self.opt_D.zero_grad(set_to_none=True)
         (loss["D_Y"] + loss["D_X"]).backward()
         self.opt_D.step()
-        self.visuals = (x, M_fake_y, fake_y, rec_x, y, M_fake_x, fake_x, rec_y)
+        self.visuals = (x, w_x, fake_y, M_fake_y, rec_x, y, w_y, fake_x, M_fake_x, rec_y)
         return loss
 
     def end_epoch(self):
@@ -139,10 +145,11 @@ class UnpairedASGIT:
     def save_samples(self, path):
         if self.visuals is None:
             return
-        x, M_y, fy, rx, y, M_x, fx, ry = [v[0].detach().float().cpu() if v is not None else None for v in self.visuals]
-        if self.T:
-            rows = [[x, M_y, fy, rx], [y, M_x, fx, ry]]
-            labels = ["input", "attention of D", "translation", "reconstruction"]
+        x, w_x, fy, M_y, rx, y, w_y, fx, M_x, ry = [v[0].detach().float().cpu() if v is not None else None
+                                                    for v in self.visuals]
+        if self.bank:
+            rows = [[x, w_x, fy, M_y, rx], [y, w_y, fx, M_x, ry]]
+            labels = ["input", "weight G/F got", "translation", "D's map of it", "reconstruction"]
         else:
             rows, labels = [[x, fy, rx], [y, fx, ry]], ["input", "translation", "reconstruction"]
         data.save_grid(path, rows, labels)
@@ -159,6 +166,7 @@ class UnpairedASGIT:
             getattr(self, k).load_state_dict(state[k])
         if self.T:
             self.T.load_state_dict(state["T"])
+        if self.bank:
             self.bank.load_state_dict(state["bank"])
         for s, st in zip(self.schedulers, state["schedulers"]):
             s.load_state_dict(st)

@@ -1076,14 +1076,17 @@ def test_supervised_eq1_the_image_gets_the_map_of_its_own_translation(labels_set
         (w,) = weights_given(model, calls, [M])
         assert len(calls["G"]) == 1 and close(calls["G"][0][0][0], (1 + w) * x)
         fake = calls["G"][0][1]
-        D = calls["D_Y"]  # conditional D: (x, G(x')), then (x, y) and (x, G(x')) in D's own step
-        assert len(D) == 3 and all(torch.equal(args[0], torch.cat([x, o], 1)) for (args, _), o in zip(D, [fake, y, fake]))
-        assert close(loss["G"], asgit.gan_loss(D[0][1][0], True)) and close(loss["L1"], asgit.l1_loss(fake, y))
-        assert close(totals[0], loss["G"] + 7 * loss["L1"])  # Eq. 9 with lambda = 7
-        assert close(loss["D_Y"], asgit.discriminator_loss(D[1][1][0], D[2][1][0])) and close(totals[1], loss["D_Y"])
+        # conditional D, updated first as in pix2pix: (x, y) and (x, G(x')) in its own step, then the
+        # updated D on (x, G(x')) gives G's adversarial loss and the map stored for the next visit
+        D = calls["D_Y"]
+        assert len(D) == 3 and all(torch.equal(args[0], torch.cat([x, o], 1)) for (args, _), o in zip(D, [y, fake, fake]))
+        assert close(loss["D_Y"], asgit.discriminator_loss(D[0][1][0], D[1][1][0])) and close(totals[0], loss["D_Y"])
+        assert close(loss["G"], asgit.gan_loss(D[2][1][0], True)) and close(loss["L1"], asgit.l1_loss(fake, y))
+        assert len(totals) == 2 and close(totals[1], loss["G"] + 7 * loss["L1"])  # Eq. 9 with lambda = 7
+        assert not torch.equal(D[1][1][0], D[2][1][0])  # D moved in between
         assert close(loss["w_range"], asgit.weight_range(w))
-        assert torch.equal(model.visuals[1], w) and torch.equal(model.visuals[3], D[0][1][1])
-        return D[0][1][1], loss
+        assert torch.equal(model.visuals[1], w) and torch.equal(model.visuals[3], D[2][1][1])
+        return D[2][1][1], loss
 
     ones = torch.ones(1, 1, 3, 3)
     M, loss = step((21, 11, 1), ones, seed=1)
@@ -1140,20 +1143,23 @@ def test_one_step_trains_every_network_each_by_its_own_optimiser(objects_set, la
     assert ids(model.opt_G) == {id(p) for p in params(generators).values()}  # T learns with G (and F)
     assert ids(model.opt_D) == {id(p) for p in params(discriminators).values()}
     before = {k: p.detach().clone() for k, p in params(generators + discriminators).items()}
-    at_D_step = {}
-    step = model.opt_D.step
-    monkeypatch.setattr(model.opt_D, "step", lambda *a, **k: at_D_step.update(
-        {n: p.detach().clone() for n, p in params(generators + discriminators).items()}) or step(*a, **k))
+    moved = {}  # optimiser -> the parameters its step changed
+    for name in ("opt_G", "opt_D"):
+        def step(*a, _step=getattr(model, name).step, _name=name, **k):
+            ahead = {n: p.detach().clone() for n, p in params(generators + discriminators).items()}
+            out = _step(*a, **k)
+            moved[_name] = {n for n, p in params(generators + discriminators).items() if not torch.equal(p, ahead[n])}
+            return out
+        monkeypatch.setattr(getattr(model, name), "step", step)
     model.train_step(batch)
     after = params(generators + discriminators)
     weights = [k for k, p in after.items() if p.dim() > 1]
     assert not [k for k in weights if torch.equal(after[k], before[k])], "some weights did not learn"
     if attention == "tam":
         assert any(".tam.trunk." in k for k in weights) and any(".tam.mask." in k for k in weights)
-    for k in after:
-        on_D = k.split(".")[0] in discriminators
-        # the generator step leaves D alone (D frozen), D's step leaves G, F and T alone
-        assert torch.equal(at_D_step[k], before[k]) if on_D else torch.equal(at_D_step[k], after[k].detach())
+    # G, F and T move only in the generator step (D frozen), D only in its own step
+    assert moved["opt_G"] and all(k.split(".")[0] in generators for k in moved["opt_G"])
+    assert moved["opt_D"] and all(k.split(".")[0] in discriminators for k in moved["opt_D"])
 
 
 def test_unpaired_resume_gives_the_run_of_an_uninterrupted_one(objects_set, tmp_path, monkeypatch):
@@ -1184,6 +1190,8 @@ def test_checkpoint_mismatch_and_existing_run_messages(objects_set, tmp_path, mo
     train_unpaired.main(unpaired(objects_set, "--max-steps", "1", "--name", "r"))
     with pytest.raises(asgit.CheckpointMismatch, match="--ngf is 8 but .* --ngf 4"):
         train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--name", "r", "--resume", "--ngf", "8"))
+    with pytest.raises(asgit.CheckpointMismatch, match="--transfer is 'raw' but .* --transfer learned"):
+        train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--name", "r", "--resume", "--transfer", "raw"))
     with pytest.raises(asgit.CheckpointMismatch, match="already holds a run"):
         train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--name", "r"))
 
@@ -1355,7 +1363,7 @@ def test_supervised_conditional_D_sees_the_input(labels_set, monkeypatch):
              "where": torch.zeros(1, 3, dtype=torch.long)}
     model.train_step(batch)
     assert len(seen) == 3 and all(s.shape[1] == 6 and torch.equal(s[:, :3], batch["A"]) for s in seen)
-    assert torch.equal(seen[1][:, 3:], batch["B"])  # the real pair (x, y)
+    assert torch.equal(seen[0][:, 3:], batch["B"])  # the real pair (x, y), in D's step, which comes first
 
 
 def test_bad_options_say_what_to_do(labels_set, objects_set, capsys):

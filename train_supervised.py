@@ -5,7 +5,7 @@ returns an attention map that guides the generator at the next visit of the same
     python train_supervised.py --direction BtoA                 # photo -> label, scored like FCN-scores
     python train_supervised.py --data cityscapes --direction BtoA --attention none   # plain pix2pix
 
-Options -> data -> models -> loop (D forward/backward, G forward/backward, bank update) -> test phase.
+Options -> data -> models -> loop (G forward, D step, G step, bank update) -> test phase.
 """
 
 import argparse
@@ -90,14 +90,25 @@ class SupervisedASGIT:
         # Eq. 1: the map D gave this image's translation at its previous visit (ones at the first)
         M_x = self.bank.read(batch["id"], batch["where"], dev) if self.bank else None
 
-        # generator step: Eq. 9 for G and T, with D frozen
-        asgit.set_requires_grad([self.D_Y], False)
         with asgit.autocast(o, dev):
             w_x = self.weight(M_x, len(x), x.shape[-2:])
             fake_y = self.G(asgit.join(x, w_x, o.concat))
-            # one D forward on (x, G(x')) gives both the adversarial loss and the next map (no extra pass)
+
+        # discriminator step first, as pix2pix: Eq. 7 (or 6) on (x, y) and (x, G(x')); no pool of fakes
+        asgit.set_requires_grad([self.D_Y], True)
+        with asgit.autocast(o, dev):
+            loss = {"D_Y": asgit.discriminator_loss(self.D_Y(torch.cat([x, y], 1))[0],
+                                                    self.D_Y(torch.cat([x, fake_y.detach()], 1))[0], o.gan_mode)}
+        self.opt_D.zero_grad(set_to_none=True)
+        loss["D_Y"].backward()
+        self.opt_D.step()
+
+        # generator step: Eq. 9 for G and T against the updated D, frozen; its forward on (x, G(x'))
+        # gives both the adversarial loss and the map stored for the next visit (no extra pass)
+        asgit.set_requires_grad([self.D_Y], False)
+        with asgit.autocast(o, dev):
             pred, M_fake = self.D_Y(torch.cat([x, fake_y], 1))
-            loss = {"G": asgit.gan_loss(pred, True, o.gan_mode), "L1": asgit.l1_loss(fake_y, y)}
+            loss["G"], loss["L1"] = asgit.gan_loss(pred, True, o.gan_mode), asgit.l1_loss(fake_y, y)
             total = loss["G"] + o.lambda_l1 * loss["L1"]
         self.opt_G.zero_grad(set_to_none=True)
         total.backward()
@@ -105,15 +116,6 @@ class SupervisedASGIT:
         loss["w_range"] = asgit.weight_range(w_x) if self.bank else torch.zeros((), device=dev)
         if self.bank:  # store D's view of this translation for the image's next visit
             self.bank.write(batch["id"], batch["where"], M_fake)
-
-        # discriminator step: Eq. 7 (or 6) on (x, y) and (x, G(x')); pix2pix keeps no pool of fakes
-        asgit.set_requires_grad([self.D_Y], True)
-        with asgit.autocast(o, dev):
-            loss["D_Y"] = asgit.discriminator_loss(self.D_Y(torch.cat([x, y], 1))[0],
-                                                   self.D_Y(torch.cat([x, fake_y.detach()], 1))[0], o.gan_mode)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss["D_Y"].backward()
-        self.opt_D.step()
         self.visuals = (x, w_x, fake_y, M_fake, y)
         return loss
 

@@ -524,13 +524,15 @@ class AttentionBank:
 
 def kernel_inception_distance(real_features, fake_features, subsets=100, subset_size=1000, seed=0):
     """KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3,
-    averaged over `subsets` random subsets of `subset_size` samples from each set (all samples
-    when there are fewer). Returns (mean, std); papers report both x 100."""
+    averaged over `subsets` random subsets of `subset_size` samples from each set. Returns (mean, std);
+    papers report both x 100. When a set has fewer than subset_size samples, the subsets take half
+    of the smaller set: subsets of a whole set would all be that set, and their std a meaningless 0."""
     real, fake = real_features.double(), fake_features.double()
     d = real.shape[1]
-    m = min(subset_size, len(real), len(fake))
+    n = min(len(real), len(fake))
+    m = subset_size if subset_size <= n else n // 2
     if m < 2:
-        raise ValueError("KID needs at least 2 samples in each set")
+        raise ValueError(f"KID needs at least {2 if subset_size <= n else 4} samples in each set, got {n}")
     g = torch.Generator().manual_seed(seed)
     off_diagonal_mean = lambda k: (k.sum() - k.diagonal().sum()) / (m * (m - 1))
     values = []
@@ -891,14 +893,15 @@ def fit(model, dataset, opt, run, progress, device):
     return True
 
 
-def start_run(opt, model, must_match):
+def start_run(opt, model, must_match, objective=()):
     """Open runs/NAME: a new run refuses to overwrite an old one; --resume, --test-only and
-    --translate load its checkpoint (options checked against must_match). Returns the progress."""
+    --translate load its checkpoint (options checked against must_match, and for --resume also
+    against objective: the options of the loss, which a resumed run must keep). Returns the progress."""
     run = Path("runs") / opt.name
     ckpt = run / "checkpoint.pt"
     progress = {"step": 0, "epoch": 0, "position": 0}
     if opt.resume or opt.test_only or opt.translate:
-        state = load_checkpoint(ckpt, vars(opt), must_match)
+        state = load_checkpoint(ckpt, vars(opt), list(must_match) + (list(objective) if opt.resume else []))
         model.load_state_dict(state)
         progress = {k: state[k] for k in progress}
         if opt.resume:

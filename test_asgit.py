@@ -284,12 +284,18 @@ def test_kid_matches_a_direct_computation():
     g = torch.Generator().manual_seed(0)
     X, Y = torch.randn(6, 4, generator=g).double(), torch.randn(5, 4, generator=g).double() + 0.5
     k = lambda a, b: (a @ b.T / 4 + 1) ** 3
-    m = 5  # fewer samples than subset_size: each subset is m of each set
+    m = 5  # subsets of the whole of both sets: every subset gives the direct value
     X5 = X[:5]
     direct = ((k(X5, X5).sum() - k(X5, X5).trace()) / (m * (m - 1))
               + (k(Y, Y).sum() - k(Y, Y).trace()) / (m * (m - 1)) - 2 * k(X5, Y).mean()).item()
-    mean, std = asgit.kernel_inception_distance(X5, Y, subsets=3, subset_size=1000)
+    mean, std = asgit.kernel_inception_distance(X5, Y, subsets=3, subset_size=5)
     assert math.isclose(mean, direct, rel_tol=1e-9) and std < 1e-12
+    # sets smaller than the subset size (1000, the default): subsets of half the smaller set, so the
+    # std says how much the score depends on which images were drawn
+    mean, std = asgit.kernel_inception_distance(X5, Y, subsets=20)
+    assert std > 1e-3 and abs(mean - direct) < 3 * std
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        asgit.kernel_inception_distance(X[:3], Y[:3])
     same, _ = asgit.kernel_inception_distance(X, X, subsets=10, subset_size=4)
     far, far_std = asgit.kernel_inception_distance(X, X + 3, subsets=10, subset_size=4)
     assert abs(same) < far and far_std > 0
@@ -1185,13 +1191,22 @@ def test_supervised_resume_gives_the_run_of_an_uninterrupted_one(labels_set, tmp
     assert (Path("runs/split") / "losses.csv").read_text() == (Path("runs/straight") / "losses.csv").read_text()
 
 
-def test_checkpoint_mismatch_and_existing_run_messages(objects_set, tmp_path, monkeypatch):
+def test_checkpoint_mismatch_and_existing_run_messages(objects_set, labels_set, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_unpaired.main(unpaired(objects_set, "--max-steps", "1", "--name", "r"))
     with pytest.raises(asgit.CheckpointMismatch, match="--ngf is 8 but .* --ngf 4"):
         train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--name", "r", "--resume", "--ngf", "8"))
     with pytest.raises(asgit.CheckpointMismatch, match="--transfer is 'raw' but .* --transfer learned"):
         train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--name", "r", "--resume", "--transfer", "raw"))
+    # a resumed run keeps its objective; testing and translating do not depend on it
+    for flag, value in (("--lambda-cyc", "5"), ("--lambda-identity", "0.1"), ("--gan-mode", "vanilla"),
+                        ("--pool-size", "3")):
+        with pytest.raises(asgit.CheckpointMismatch, match=f"{flag} is .* but .* made with {flag} "):
+            train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--name", "r", "--resume", flag, value))
+    train_unpaired.main(unpaired(objects_set, "--name", "r", "--test-only", "--lambda-cyc", "5"))
+    train_supervised.main(supervised(labels_set, "--max-steps", "1", "--name", "s"))
+    with pytest.raises(asgit.CheckpointMismatch, match="--lambda-l1 is 1.0 but .* made with --lambda-l1 100.0"):
+        train_supervised.main(supervised(labels_set, "--max-steps", "2", "--name", "s", "--resume", "--lambda-l1", "1"))
     with pytest.raises(asgit.CheckpointMismatch, match="already holds a run"):
         train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--name", "r"))
 

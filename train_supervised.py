@@ -29,6 +29,8 @@ PRESETS = {
 }
 MUST_MATCH = ["data", "direction", "attention", "pha_layer", "concat", "transfer", "netG", "ngf", "ndf", "load_size",
               "crop_size", "batch_size", "seed"]
+# options of the objective: a resumed run must optimise the same loss (test and translate ignore them)
+OBJECTIVE = ["gan_mode", "lambda_l1"]
 
 
 def options(argv=None):
@@ -205,7 +207,7 @@ def main(argv=None):
             "A": a, "B": b, "id": ids, "where": where})
     root = data.resolve_data(opt.data, "aligned")
     model = SupervisedASGIT(opt, device)
-    run, progress = asgit.start_run(opt, model, MUST_MATCH)
+    run, progress = asgit.start_run(opt, model, MUST_MATCH, OBJECTIVE)
     if opt.translate:
         return data.translate_folder(model.translate, opt.translate, run / "translated", opt.crop_size)
     if not opt.test_only:

@@ -470,10 +470,10 @@ class AttentionBank:
     def write(self, ids, where, M):
         """Store M (N x 1 x h x w, any device) for images ids cut at where (N x 3: top, left, flip)."""
         M = M.detach().float()
-        if M.is_cuda:
+        if M.is_cuda:  # into pinned memory, finished when the event on the stream of M's own GPU fires
             cpu = M.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(M.device))
         else:
             cpu, event = M.to("cpu", copy=True), None
         self._pending.append((list(ids), where.tolist(), cpu, event))
@@ -498,13 +498,14 @@ class AttentionBank:
     def read(self, ids, where, device):
         """M^(k) for images ids cut at where: N x 1 x h x w on device (ones where never seen)."""
         self._settle(ids)
-        out = torch.ones(len(ids), 1, self.h, self.w)
+        device = torch.device(device)
+        out = torch.ones(len(ids), 1, self.h, self.w, pin_memory=device.type == "cuda")
         for i, (img_id, (top, left, flip)) in enumerate(zip(ids, where.tolist())):
             full = self.maps.get(img_id)
             if full is not None:
                 m = full[self._window(top, left)]
                 out[i, 0] = m.flip(-1) if flip else m
-        return out.to(device, non_blocking=True)
+        return to_device(out, device)
 
     def state_dict(self):
         self._settle([i for p in self._pending for i in p[0]])
@@ -579,10 +580,28 @@ def nearest_palette_labels(images, palette):
     return dist.argmin(1)
 
 
+IGNORE = 255  # the truth label of void pixels (unlabeled, ego vehicle, ...): not scored
+
+
+def exact_palette_labels(images, palette):
+    """Truth label map of colour label images: the palette index of pixels whose 8-bit colour is exactly
+    a palette colour, IGNORE elsewhere (void classes, blended boundaries). The FCN-score protocol scores
+    only pixels of the evaluated classes. images N x 3 x H x W in [-1, 1] -> N x H x W (long)."""
+    rgb = ((images + 1) * 127.5).round().long()  # N x 3 x H x W, 0..255
+    code = (rgb[:, 0] * 256 + rgb[:, 1]) * 256 + rgb[:, 2]
+    labels = torch.full_like(code, IGNORE)
+    for k, (r, g, b) in enumerate(palette):
+        labels[code == (r * 256 + g) * 256 + b] = k
+    return labels
+
+
 def segmentation_scores(pred, truth, n_classes):
-    """Per-pixel accuracy, per-class accuracy and mean IoU (pix2pix / FCN-score definitions):
-    classes absent from the truth have no accuracy; classes absent from both have no IoU."""
-    hist = torch.bincount((truth.flatten() * n_classes + pred.flatten()).long(),
+    """Per-pixel accuracy, per-class accuracy and mean IoU (pix2pix / FCN-score definitions) over the
+    pixels whose truth is a class in [0, n_classes) (void, IGNORE, is skipped): classes absent from the
+    truth have no accuracy; classes absent from both have no IoU."""
+    truth, pred = truth.flatten().long(), pred.flatten().long()
+    scored = (truth >= 0) & (truth < n_classes)
+    hist = torch.bincount(truth[scored] * n_classes + pred[scored],
                           minlength=n_classes ** 2).view(n_classes, n_classes).double()  # truth x pred
     tp, in_truth, in_pred = hist.diagonal(), hist.sum(1), hist.sum(0)
     present = in_truth > 0
@@ -627,6 +646,12 @@ def pick_device(name="auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {name}: CUDA is not available here; use --device cpu or auto")
     return device
+
+
+def to_device(t, device):
+    """Copy a CPU tensor to device: asynchronously only from pinned memory. From pageable memory a
+    non-blocking copy can read the source after it is freed (MPS), and gains nothing on CUDA."""
+    return t.to(device, non_blocking=t.device.type == "cpu" and t.is_pinned())
 
 
 def seed_everything(seed):
@@ -762,7 +787,7 @@ def benchmark(model, opt, make_batch, warmup=3):
     g = torch.Generator().manual_seed(opt.seed)
     images = [torch.rand(n, 3, c, c, generator=g) * 2 - 1 for _ in range(8)]
     where = torch.zeros(n, 3, dtype=torch.long)
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(model.device)) if model.device.type == "cuda" else (lambda: None)
     times = []
     for i in range(warmup + opt.benchmark):
         ids = [f"bench/{(i * n + k) % 16}" for k in range(n)]

@@ -165,18 +165,19 @@ def draw_cut(rng, load_size, crop_size):
     return top, left, flip
 
 
-def apply_cut(im, cut, load_size, crop_size, train=True):
-    """Train: resize to load_size (bicubic), crop at cut, flip if asked. Test: resize to crop_size.
+def apply_cut(im, cut, load_size, crop_size, train=True, labels=False):
+    """Train: resize to load_size, crop at cut, flip if asked. Test: resize to crop_size. Bicubic, or
+    nearest for colour label maps (labels=True), whose pixels must keep exact palette colours.
 
     Returns (3 x crop x crop tensor in [-1, 1], where = LongTensor [top, left, flip]); the attention
     bank uses `where` to keep its maps in the coordinates of the whole resized image."""
     TF = _tf()
-    bicubic = TF.InterpolationMode.BICUBIC
+    mode = TF.InterpolationMode.NEAREST if labels else TF.InterpolationMode.BICUBIC
     if not train:
-        im = TF.resize(im, [crop_size, crop_size], interpolation=bicubic)
+        im = TF.resize(im, [crop_size, crop_size], interpolation=mode)
         return pil_to_tensor(im), torch.zeros(3, dtype=torch.long)
     top, left, flip = cut
-    im = TF.resize(im, [load_size, load_size], interpolation=bicubic)
+    im = TF.resize(im, [load_size, load_size], interpolation=mode)
     im = TF.crop(im, top, left, crop_size, crop_size)
     if flip:
         im = TF.hflip(im)
@@ -319,13 +320,15 @@ class AlignedDataset(_FolderDataset):
     """Paired images: ROOT/{phase}/*.png of side-by-side A|B (pix2pix layout), split down the middle.
 
     direction 'BtoA' swaps the halves, so A is always the input and B the target. Both halves get
-    the same crop and flip. phase may be train, val or test."""
+    the same crop and flip. phase may be train, val or test. label_half ('A' or 'B', the half of the
+    file) names a half of colour label maps, resized with nearest neighbour."""
 
-    def __init__(self, root, phase="train", direction="AtoB", load_size=286, crop_size=256, train=True):
+    def __init__(self, root, phase="train", direction="AtoB", load_size=286, crop_size=256, train=True,
+                 label_half=None):
         super().__init__(root, load_size, crop_size, train)
         if direction not in ("AtoB", "BtoA"):
             raise DataError(f"--direction {direction!r} is not valid: use AtoB or BtoA")
-        self.phase, self.direction = phase, direction
+        self.phase, self.direction, self.label_half = phase, direction, label_half
         what = f"put the {phase} images there: a paired dataset has train/ and test/ (or val/) of side-by-side A|B images"
         self.paths = self._scan(self.root / phase, what, halves=True)
 
@@ -339,11 +342,12 @@ class AlignedDataset(_FolderDataset):
         w, h = AB.size
         half = w // 2
         A, B = AB.crop((0, 0, half, h)), AB.crop((half, 0, w, h))
+        A_labels, B_labels = self.label_half == "A", self.label_half == "B"
         if self.direction == "BtoA":
-            A, B = B, A
+            (A, A_labels), (B, B_labels) = (B, B_labels), (A, A_labels)
         cut = self._cut(rng)
-        A, where = apply_cut(A, cut, self.load_size, self.crop_size, self.train)
-        B, _ = apply_cut(B, cut, self.load_size, self.crop_size, self.train)
+        A, where = apply_cut(A, cut, self.load_size, self.crop_size, self.train, A_labels)
+        B, _ = apply_cut(B, cut, self.load_size, self.crop_size, self.train, B_labels)
         return {"A": A, "B": B, "id": _rel_id(path, self.root), "where": where, "path": str(path)}
 
 

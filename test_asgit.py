@@ -269,6 +269,64 @@ def test_bank_stores_no_gradient_and_survives_save_and_load(tmp_path):
         asgit.AttentionBank(load_size=9, crop_size=8, map_size=(3, 3)).load_state_dict(bank.state_dict())
 
 
+def test_bank_copies_from_a_gpu_finish_on_that_gpus_stream(monkeypatch):
+    # no GPU needed: a stand-in for a map on cuda:1 and for CUDA's events and streams
+    recorded = []
+
+    class Event:
+        def record(self, stream=None):
+            recorded.append(stream)
+
+        def synchronize(self):
+            pass
+
+    class MapOnSecondGPU:
+        is_cuda, device = True, torch.device("cuda", 1)
+
+        def detach(self):
+            return self
+
+        def float(self):
+            return self
+
+        def to(self, device, non_blocking=False):
+            return torch.full((1, 1, 4, 4), 0.5)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: ("stream of", torch.device(device)))
+    bank = asgit.AttentionBank(load_size=8, crop_size=8, map_size=(4, 4))
+    bank.write(["a"], where(0, 0, 0), MapOnSecondGPU())
+    assert recorded == [("stream of", torch.device("cuda", 1))]
+    assert torch.equal(bank.read(["a"], where(0, 0, 0), "cpu"), torch.full((1, 1, 4, 4), 0.5))
+    # the benchmark waits for the model's own GPU
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    model = type("Model", (), {"device": torch.device("cuda", 1), "train_step": lambda self, batch: None})()
+    opt = type("Options", (), {"batch_size": 1, "crop_size": 8, "seed": 0, "benchmark": 2})()
+    asgit.benchmark(model, opt, lambda a, b, ids, w: {}, warmup=1)
+    assert synced and all(d == torch.device("cuda", 1) for d in synced)
+
+
+def test_no_asynchronous_copy_from_pageable_memory(objects_set, labels_set, monkeypatch):
+    # a non-blocking copy from a temporary pageable CPU tensor can read freed memory on MPS
+    risky, to = [], torch.Tensor.to
+    def spy(t, *args, **kwargs):
+        if kwargs.get("non_blocking") and t.device.type == "cpu" and not t.is_pinned():
+            risky.append(t.shape)
+        return to(t, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    x, y = two_images(5)
+    w = torch.tensor([[4, 4, 1]])
+    unpaired_model = train_unpaired.UnpairedASGIT(train_unpaired.options(unpaired(objects_set)), torch.device("cpu"))
+    supervised_model = train_supervised.SupervisedASGIT(train_supervised.options(supervised(labels_set)),
+                                                        torch.device("cpu"))
+    for _ in range(2):  # the second visit reads the bank
+        unpaired_model.train_step({"A": x, "B": y, "A_id": ["a"], "B_id": ["b"], "A_where": w, "B_where": w})
+        supervised_model.train_step({"A": x, "B": y, "id": ["a"], "where": w})
+    assert risky == []
+    assert asgit.to_device(torch.ones(2), "cpu").device.type == "cpu"
+
+
 def test_bank_is_small_at_256():
     bank = asgit.AttentionBank(load_size=286, crop_size=256, map_size=(31, 31))
     bank.write(["x"], where(30, 30, 1), torch.rand(1, 1, 31, 31))
@@ -313,6 +371,20 @@ def test_segmentation_scores_on_a_hand_made_example():
     # nearest palette colour: a slightly-off red is red, dark blue is blue
     img = torch.tensor([[250, 10, 5], [20, 0, 200], [10, 10, 10]], dtype=torch.float32).T.reshape(1, 3, 1, 3)
     assert asgit.nearest_palette_labels(img / 127.5 - 1, palette).tolist() == [[[1, 2, 0]]]
+
+
+def test_void_pixels_of_the_truth_are_not_scored():
+    # Cityscapes-style colour labels: red = class 0, blue = class 1; black (void) and a blended
+    # boundary colour match no class exactly and are left out of every score
+    palette = [(255, 0, 0), (0, 0, 255)]
+    colours = torch.tensor([[255, 0, 0], [255, 0, 0], [0, 0, 0], [128, 0, 128], [0, 0, 255], [0, 0, 255]],
+                           dtype=torch.float32).T.reshape(1, 3, 1, 6)
+    truth = asgit.exact_palette_labels(colours / 127.5 - 1, palette)
+    assert truth.tolist() == [[[0, 0, asgit.IGNORE, asgit.IGNORE, 1, 1]]]
+    pred = torch.tensor([[[0, 1, 0, 0, 1, 1]]])  # the two void pixels "wrong" on purpose
+    s = asgit.segmentation_scores(pred, truth, 2)
+    assert math.isclose(s["pixel_acc"], 3 / 4) and math.isclose(s["class_acc"], (1 / 2 + 2 / 2) / 2)
+    assert math.isclose(s["mean_iou"], (1 / 2 + 2 / 3) / 2)  # class 0: 1 / 2, class 1: 2 / 3
 
 
 def test_truth_distances():
@@ -574,6 +646,16 @@ def test_crop_and_flip_match_the_where_record(tmp_path):
             want = half[:, top:top + 16, left:left + 16]
             assert torch.equal(item[key], want.flip(-1) if flip else want)
     assert len(cuts) > 3 and {c[2] for c in cuts} == {0, 1}
+    # a half of colour labels is resized with nearest neighbour: every pixel keeps a palette colour
+    pair = Image.new("RGB", (40, 20), (255, 0, 0))
+    pair.paste(Image.new("RGB", (7, 20), (0, 0, 255)), (5, 0))
+    pair.paste(noise_image(20, 20, seed=7), (20, 0))
+    pair.save(tmp_path / "paired" / "train" / "p.png")
+    for direction, train in (("AtoB", True), ("BtoA", True), ("BtoA", False)):
+        item = data.AlignedDataset(tmp_path / "paired", direction=direction, load_size=27, crop_size=13, train=train,
+                                   label_half="A")[(0, 3)]
+        labels = item["A" if direction == "AtoB" else "B"]
+        assert (asgit.exact_palette_labels(labels[None], [(255, 0, 0), (0, 0, 255)]) != asgit.IGNORE).all()
 
 
 def test_unaligned_items_ids_and_test_pairing(tmp_path):
@@ -1366,6 +1448,40 @@ def test_supervised_few_steps_each_attention_concat_and_direction(labels_set, tm
     assert {"l1", "psnr"} <= set(metrics)
     if direction == "BtoA":  # photo -> label: the FCN-score definitions
         assert {"pixel_acc", "class_acc", "mean_iou"} <= set(metrics)
+
+
+def test_cityscapes_photo_to_label_scores_ignore_void_end_to_end(tmp_path, monkeypatch):
+    """A tiny folder in pix2pix's Cityscapes layout (A = photo, B = colour labels with void): the scores in
+    metrics.json are those recomputed from the saved outputs against the exact-colour truth, void left out."""
+    palette = [rgb for _, rgb in data.CITYSCAPES_PALETTE]
+    root = tmp_path / "cityscapes"
+    for split, n in (("train", 2), ("val", 2)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            label = Image.new("RGB", (40, 40), palette[0])  # road
+            label.paste(Image.new("RGB", (40, 14), palette[10]), (0, 0))  # sky
+            label.paste(Image.new("RGB", (12, 12), palette[13]), (6 + 9 * i, 20))  # a car
+            label.paste(Image.new("RGB", (40, 6), (0, 0, 0)), (0, 34))  # ego vehicle: void
+            pair = Image.new("RGB", (80, 40))
+            pair.paste(noise_image(40, 40, seed=10 + i), (0, 0))
+            pair.paste(label, (40, 0))
+            pair.save(root / split / f"c{i}.png")
+    monkeypatch.chdir(tmp_path)
+    train_supervised.main(supervised(root, "--direction", "AtoB", "--max-steps", "2", "--name", "city"))
+    metrics = json.loads(Path("runs/city/metrics.json").read_text())["AtoB"]
+    outputs = pngs("runs/city/test/AtoB")
+    preds, truths = [], []
+    for i in range(2):
+        with Image.open(root / "val" / f"c{i}.png") as pair:
+            label = pair.crop((40, 0, 80, 40)).resize((32, 32), Image.NEAREST)
+        truths.append(asgit.exact_palette_labels(data.pil_to_tensor(label)[None], palette))
+        saved = outputs[f"c{i}.png"].view(32, 32, 3).permute(2, 0, 1).float() / 127.5 - 1
+        preds.append(asgit.nearest_palette_labels(saved[None], palette))
+    truth = torch.cat(truths)
+    assert (truth == asgit.IGNORE).float().mean() > 0.1 and (truth != asgit.IGNORE).all(-1).any()
+    expected = asgit.segmentation_scores(torch.cat(preds), truth, len(palette))
+    for k, v in expected.items():
+        assert math.isclose(metrics[k], v, rel_tol=1e-12), k
 
 
 def test_supervised_conditional_D_sees_the_input(labels_set, monkeypatch):

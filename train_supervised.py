@@ -88,7 +88,7 @@ class SupervisedASGIT:
 
     def train_step(self, batch):
         o, dev = self.opt, self.device
-        x, y = batch["A"].to(dev, non_blocking=True), batch["B"].to(dev, non_blocking=True)
+        x, y = asgit.to_device(batch["A"], dev), asgit.to_device(batch["B"], dev)
         # Eq. 1: the map D gave this image's translation at its previous visit (ones at the first)
         M_x = self.bank.read(batch["id"], batch["where"], dev) if self.bank else None
 
@@ -159,22 +159,30 @@ class SupervisedASGIT:
             s.load_state_dict(st)
 
 
+def label_half(opt, root):
+    """(the half of each A|B file that is a colour label map, its palette) for the sets whose labels are
+    palette colours, else (None, None): the synthetic set's A, Cityscapes' B (pix2pix's layout)."""
+    if data.is_synthetic(root):
+        return "A", [rgb for _, rgb in data.SYNTH_PALETTE]
+    if Path(opt.data).name == "cityscapes":
+        return "B", [rgb for _, rgb in data.CITYSCAPES_PALETTE]
+    return None, None
+
+
 def label_palette(opt, root):
     """The palette of the output when the output is a colour label map (photo -> label), else None."""
-    if data.is_synthetic(root):
-        return [rgb for _, rgb in data.SYNTH_PALETTE] if opt.direction == "BtoA" else None
-    if Path(opt.data).name == "cityscapes":  # pix2pix's layout: A = photo, B = label colours
-        return [rgb for _, rgb in data.CITYSCAPES_PALETTE] if opt.direction == "AtoB" else None
-    return None
+    half, palette = label_half(opt, root)
+    return palette if half == ("B" if opt.direction == "AtoB" else "A") else None
 
 
 def test_phase(model, opt, root, run):
     """Translate every test pair with the placeholder map (Sec 4) into runs/NAME/test/ and write
     metrics.json: L1 and PSNR to the target, and for photo -> label the FCN-score definitions
-    (per-pixel accuracy, per-class accuracy, mean IoU) from the nearest palette colour."""
+    (per-pixel accuracy, per-class accuracy, mean IoU) of the nearest palette colour of each output pixel
+    against the exact colour of the target, void (any other colour) not scored."""
     torch.manual_seed(opt.seed)  # dropout stays on at test time (pix2pix): make it repeatable
     dataset = data.AlignedDataset(root, data.aligned_test_phase(root), opt.direction, opt.crop_size, opt.crop_size,
-                                  train=False)
+                                  train=False, label_half=label_half(opt, root)[0])
     palette = label_palette(opt, root)
     fakes, targets = [], []
     for i in range(len(dataset)):
@@ -185,9 +193,10 @@ def test_phase(model, opt, root, run):
         targets.append(item["B"])
     fake, target = torch.stack(fakes), torch.stack(targets)
     metrics = {"l1": asgit.l1_loss(fake, target).item(), "psnr": asgit.psnr(fake, target)}
-    if palette is not None:
-        metrics.update(asgit.segmentation_scores(asgit.nearest_palette_labels(fake, palette),
-                                                 asgit.nearest_palette_labels(target, palette), len(palette)))
+    if palette is not None:  # scored as saved (8 bits a channel), so the PNGs in test/ give the same numbers
+        saved = torch.stack([data.pil_to_tensor(data.tensor_to_pil(f)) for f in fakes])
+        metrics.update(asgit.segmentation_scores(asgit.nearest_palette_labels(saved, palette),
+                                                 asgit.exact_palette_labels(target, palette), len(palette)))
     elif Path(opt.data).name == "cityscapes":
         metrics["fcn_score"] = ("not computed: label -> photo FCN-scores need an FCN trained on Cityscapes, "
                                 "which is not available here (see README)")
@@ -212,7 +221,8 @@ def main(argv=None):
         return data.translate_folder(model.translate, opt.translate, run / "translated", opt.crop_size)
     if not opt.test_only:
         print(f"training {opt.name} on {device}: {root}; run folder {run}")
-        dataset = data.AlignedDataset(root, "train", opt.direction, opt.load_size, opt.crop_size, train=True)
+        dataset = data.AlignedDataset(root, "train", opt.direction, opt.load_size, opt.crop_size, train=True,
+                                      label_half=label_half(opt, root)[0])
         if not asgit.fit(model, dataset, opt, run, progress, device):
             return
     test_phase(model, opt, root, run)

@@ -82,7 +82,7 @@ class UnpairedASGIT:
 
     def train_step(self, batch):
         o, dev = self.opt, self.device
-        x, y = batch["A"].to(dev, non_blocking=True), batch["B"].to(dev, non_blocking=True)
+        x, y = asgit.to_device(batch["A"], dev), asgit.to_device(batch["B"], dev)
         join = lambda image, weight: asgit.join(image, weight, o.concat)
         # Eq. 1: the maps D gave these images' translations at their previous visit (ones at the first)
         M_x = self.bank.read(batch["A_id"], batch["A_where"], dev) if self.bank else None

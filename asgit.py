@@ -861,13 +861,13 @@ def finish_options(p, argv, presets, name_parts=()):
     return opt
 
 
-def fit(model, dataset, opt, run, progress, device):
+def fit(model, opt, run, progress, batches, per_epoch, pictures):
     """The loop both scripts share: epochs of a seeded, resumable order; model.train_step on each
-    batch; losses to CSV, tqdm and losses.png; sample grids; checkpoints; the learning-rate step at each
-    epoch's end; Ctrl-C saves and stops. Returns True when training ran to its end."""
+    batch; losses to CSV and tqdm; pictures; checkpoints; the learning-rate step at each epoch's end;
+    Ctrl-C saves and stops. Returns True when training ran to its end. The files come from the
+    caller (data.training_io): batches(epoch, position) gives an epoch's batches from a position on,
+    per_epoch how many there are, pictures(step) draws the samples and curves of a step."""
     from tqdm import tqdm
-    import data
-    per_epoch = math.ceil(len(dataset) / opt.batch_size)
     total_epochs = opt.epochs + opt.epochs_decay
     last = min(opt.max_steps or per_epoch * total_epochs, per_epoch * total_epochs)
     log = LossLog(run / "losses.csv", model.loss_names, every=min(25, opt.sample_every),
@@ -879,17 +879,13 @@ def fit(model, dataset, opt, run, progress, device):
         save_checkpoint({**model.state_dict(), **progress, "options": vars(opt), "rng": rng_state()},
                         run / "checkpoint.pt")
 
-    def pictures():  # the sample grid of this step, the loss curves so far, the page that shows them
-        log.flush()
-        model.save_samples(run / "samples" / f"step_{progress['step']:07d}.png")
-        data.plot_losses(run / "losses.csv", run / "losses.png", model.loss_panels)
-        data.write_html(run, opt.name)
+    def draw():
+        log.flush()  # the curves include this step
+        pictures(progress["step"])
 
     with StopFlag() as flag:
         while progress["step"] < last and not flag.stop:
-            loader = data.make_loader(dataset, opt.batch_size, opt.seed, progress["epoch"],
-                                      progress["position"] * opt.batch_size, opt.workers, device)
-            for batch in loader:
+            for batch in batches(progress["epoch"], progress["position"]):
                 losses = model.train_step(batch)
                 progress["step"] += 1
                 progress["position"] += 1
@@ -898,7 +894,7 @@ def fit(model, dataset, opt, run, progress, device):
                 if progress["step"] % log.every == 0:
                     bar.set_postfix({k: f"{v:.3f}" for k, v in log.last.items()}, refresh=False)
                 if progress["step"] % opt.sample_every == 0:
-                    pictures()
+                    draw()
                 if progress["step"] % opt.save_every == 0:
                     save()
                 if progress["step"] >= last or flag.stop:
@@ -910,7 +906,7 @@ def fit(model, dataset, opt, run, progress, device):
                 save()
         bar.close()
         save()
-        pictures()
+        draw()
         if flag.stop:
             print(f"stopped at step {progress['step']}; checkpoint saved in {run / 'checkpoint.pt'}: "
                   f"continue with the same command and --resume")

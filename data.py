@@ -1104,6 +1104,20 @@ def write_html(run_dir, title):
 # 8. Loaders the training scripts share
 # ------------------------------------------------------------------------------------------------
 
+def training_io(dataset, model, opt, run, device):
+    """What asgit.fit takes from the files: the batches of an epoch from a position on (in batches),
+    how many batches an epoch has, and the pictures of a step (sample grid, losses.png, index.html)."""
+    def pictures(step):
+        model.save_samples(Path(run) / "samples" / f"step_{step:07d}.png")
+        plot_losses(Path(run) / "losses.csv", Path(run) / "losses.png", model.loss_panels)
+        write_html(run, opt.name)
+
+    def batches(epoch, position):
+        return make_loader(dataset, opt.batch_size, opt.seed, epoch, position * opt.batch_size, opt.workers, device)
+
+    return {"batches": batches, "per_epoch": math.ceil(len(dataset) / opt.batch_size), "pictures": pictures}
+
+
 def _ignore_ctrl_c(_worker_id):
     # Ctrl-C reaches the whole process group; the main process saves and stops the workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)

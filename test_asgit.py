@@ -924,11 +924,15 @@ def test_heatmap_grid_and_html(tmp_path):
     assert index.index("step_000200.png") < index.index("step_000010.png")
 
 
-def test_import_is_light():
-    """`import data` leaves torchvision (and its model zoo) for first use: scripts start fast."""
-    import subprocess
-    code = "import sys, data; assert 'torchvision' not in sys.modules"
+def test_import_is_light_and_the_model_module_knows_no_files():
+    """`import data` leaves torchvision (and its model zoo) for first use: scripts start fast. asgit.py,
+    the paper's module, imports nothing of the project, so it can be read and reused alone."""
+    code = ("import sys, data; assert 'torchvision' not in sys.modules; del sys.modules['data']; "
+            "import asgit; assert not {'data', 'train_unpaired', 'train_supervised'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(data.__file__).parent)
+    imports = [line.strip() for line in Path(asgit.__file__).read_text().splitlines()
+               if line.strip().startswith(("import ", "from "))]
+    assert not [i for i in imports if i.split()[1].split(".")[0] in {"data", "train_unpaired", "train_supervised"}]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1538,3 +1542,17 @@ def test_loss_log_batches_rows_and_a_resume_drops_rows_after_the_checkpoint(tmp_
     assert path.read_text().splitlines()[5] == "5,5,0.5" and log.last == {"G": 5.0, "D": 0.5}
     asgit.LossLog(path, ["G", "D"], resume_step=3)  # the checkpoint was at step 3
     assert [r.split(",")[0] for r in path.read_text().splitlines()] == ["step", "1", "2", "3"]
+
+
+def test_gpu_check_runs_its_quick_version_on_the_cpu(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parent / "labs" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.chdir(tmp_path)
+    rows = gpu_check.main(["--device", "cpu", "--quick", "--timed-steps", "1", "--train-steps", "3"])
+    out = capsys.readouterr().out
+    assert "| check | configuration | result | notes |" in out and out.count("\n| step, ") == 6
+    assert [r[2] for r in rows if r[0].startswith("train")] == ["losses finite"] * 2
+    assert [r[3] for r in rows if r[0].startswith("bank")] == ["ok"] * 2
+    assert list(tmp_path.iterdir()) == []  # nothing left behind

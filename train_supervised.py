@@ -223,7 +223,7 @@ def main(argv=None):
         print(f"training {opt.name} on {device}: {root}; run folder {run}")
         dataset = data.AlignedDataset(root, "train", opt.direction, opt.load_size, opt.crop_size, train=True,
                                       label_half=label_half(opt, root)[0])
-        if not asgit.fit(model, dataset, opt, run, progress, device):
+        if not asgit.fit(model, opt, run, progress, **data.training_io(dataset, model, opt, run, device)):
             return
     test_phase(model, opt, root, run)
 

@@ -237,7 +237,7 @@ def main(argv=None):
     if not opt.test_only:
         print(f"training {opt.name} on {device}: {root}; run folder {run}")
         dataset = data.UnalignedDataset(root, "train", opt.load_size, opt.crop_size, train=True)
-        if not asgit.fit(model, dataset, opt, run, progress, device):
+        if not asgit.fit(model, opt, run, progress, **data.training_io(dataset, model, opt, run, device)):
             return
     test_phase(model, opt, root, run)
 

@@ -18,6 +18,7 @@ domains Y and X, T the attention transfer block, M an attention map in [0, 1] at
 x' the generator input built from x and T(M), lambda_cyc the weight of the cycle loss.
 """
 
+import argparse
 import csv
 import json
 import math
@@ -831,18 +832,55 @@ def add_common_options(p):
     p.add_argument("--max-steps", type=int, help="stop after this many steps in all (quick looks, tests)")
     p.add_argument("--sample-every", type=int, help="steps between sample grids")
     p.add_argument("--save-every", type=int, default=1000, help="steps between checkpoints (also at epoch ends)")
+    p.add_argument("--snapshot-every", type=int, metavar="N",
+                   help="every N epochs keep snapshots/epoch_NNN.pt (generators and T) and add the test score to "
+                        "scores.csv; 0: none")
+    p.add_argument("--epoch", type=int, metavar="N", help="--test-only / --translate with the snapshot of epoch N")
     p.add_argument("--resume", action="store_true", help="continue runs/NAME from its checkpoint")
     p.add_argument("--test-only", action="store_true", help="run the test phase alone from runs/NAME's checkpoint")
-    p.add_argument("--translate", metavar="DIR", help="translate every image of DIR into runs/NAME/translated/")
+    p.add_argument("--translate", metavar="PATH",
+                   help="translate an image, or every image of a folder, at its own size into runs/NAME/translated/")
+    p.add_argument("--translate-size", type=int, metavar="N",
+                   help="with --translate: resize each image's shorter side to N first (the training scale)")
     p.add_argument("--benchmark", type=int, metavar="N",
                    help="time N training steps on random tensors, print step_ms=<median>, write nothing")
     return p
 
 
-def finish_options(p, argv, presets, name_parts=()):
+def given_options(p, argv):
+    """The options given on the command line, as opposed to left at their defaults (their dests)."""
+    defaults = {a.dest: a.default for a in p._actions}
+    for a in p._actions:
+        a.default = argparse.SUPPRESS
+    try:
+        return set(vars(p.parse_args(argv)))
+    finally:
+        for a in p._actions:
+            a.default = defaults[a.dest]
+
+
+def adopt_run_options(opt, keys, given):
+    """--test-only and --translate take the network and data options (keys) from the run's options.json,
+    so the training command need not be repeated; one given that contradicts the run is refused by name."""
+    path = Path("runs") / opt.name / "options.json"
+    if not path.exists():
+        return  # start_run says that there is no such run
+    saved = json.loads(path.read_text())
+    for key in keys:
+        if key not in saved:
+            continue
+        if key in given and getattr(opt, key) != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise CheckpointMismatch(f"{flag} is {getattr(opt, key)!r} but the run {path.parent} was made with {flag} "
+                                     f"{saved[key]!r}: leave {flag} out to use the run's, or pick another --name")
+        setattr(opt, key, saved[key])
+
+
+def finish_options(p, argv, presets, name_parts=(), adopt=()):
     """Parse, then fill the options left unset from the preset: 'synthetic' for the built-in set,
     'paper' (Sec 4.1.4) for everything else. The default --name joins the data, the attention,
-    the concatenation and name_parts."""
+    the concatenation and name_parts. With --test-only or --translate, the options in adopt come
+    from the run itself (adopt_run_options)."""
     opt = p.parse_args(argv)
     preset = presets["synthetic" if opt.data == "synthetic" else "paper"]
     for key, value in preset.items():
@@ -853,19 +891,24 @@ def finish_options(p, argv, presets, name_parts=()):
         if opt.attention != "none":
             parts += [opt.concat] + ([opt.transfer] if opt.transfer != "learned" else [])
         opt.name = "_".join(parts + [str(getattr(opt, k)) for k in name_parts])
-    for key in ("ngf", "ndf", "crop_size", "batch_size", "epochs_decay", "sample_every", "save_every"):
-        if getattr(opt, key) is not None and getattr(opt, key) < (0 if key == "epochs_decay" else 1):
+    for key in ("ngf", "ndf", "crop_size", "batch_size", "epochs_decay", "sample_every", "save_every", "snapshot_every"):
+        if getattr(opt, key) is not None and getattr(opt, key) < (0 if key in ("epochs_decay", "snapshot_every") else 1):
             p.error(f"--{key.replace('_', '-')} must be positive, got {getattr(opt, key)}")
+    if opt.epoch is not None and not (opt.test_only or opt.translate):
+        p.error("--epoch picks a snapshot for --test-only or --translate")
+    if opt.test_only or opt.translate:
+        adopt_run_options(opt, adopt, given_options(p, argv))
     if opt.load_size < opt.crop_size:
         p.error(f"--load-size ({opt.load_size}) must be at least --crop-size ({opt.crop_size})")
     return opt
 
 
-def fit(model, opt, run, progress, batches, per_epoch, pictures):
+def fit(model, opt, run, progress, batches, per_epoch, pictures, score=None):
     """The loop both scripts share: epochs of a seeded, resumable order; model.train_step on each
     batch; losses to CSV and tqdm; pictures; checkpoints; the learning-rate step at each epoch's end;
-    Ctrl-C saves and stops. Returns True when training ran to its end. The files come from the
-    caller (data.training_io): batches(epoch, position) gives an epoch's batches from a position on,
+    every --snapshot-every epochs a snapshot and score(), the test scores, into scores.csv; Ctrl-C saves
+    and stops. Returns True when training ran to its end. The files come from the caller
+    (data.training_io): batches(epoch, position) gives an epoch's batches from a position on,
     per_epoch how many there are, pictures(step) draws the samples and curves of a step."""
     from tqdm import tqdm
     total_epochs = opt.epochs + opt.epochs_decay
@@ -904,6 +947,8 @@ def fit(model, opt, run, progress, batches, per_epoch, pictures):
                 progress["position"] = 0
                 model.end_epoch()
                 save()
+                if opt.snapshot_every and progress["epoch"] % opt.snapshot_every == 0:
+                    snapshot(model, opt, run, progress, score)
         bar.close()
         save()
         draw()
@@ -914,6 +959,39 @@ def fit(model, opt, run, progress, batches, per_epoch, pictures):
     return True
 
 
+def snapshot(model, opt, run, progress, score=None):
+    """snapshots/epoch_NNN.pt holds what the test phase needs (the generators and T: no D, no optimiser
+    state), and scores.csv gets a row of score()'s numbers: the test split's scores, as the CycleGAN
+    literature picks epochs. score runs on a fork of the RNG, so training draws as if it had not run.
+    A resumed run replaces the rows of its epochs."""
+    epoch = progress["epoch"]
+    path = run / "snapshots" / f"epoch_{epoch:03d}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({**model.snapshot_state(), "epoch": epoch, "step": progress["step"], "options": vars(opt)}, path)
+    if score is None:
+        return
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        metrics = score()
+    row = {"epoch": epoch, "step": progress["step"],
+           **{f"{d}_{k}": v for d, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float))}}
+    scores = run / "scores.csv"
+    rows = []
+    if scores.exists():
+        with open(scores, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+    rows.append(row)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(scores, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def epoch_suffix(opt):
+    """'_epoch_NNN' for outputs made from a snapshot (--epoch N), '' for the run's last state."""
+    return f"_epoch_{opt.epoch:03d}" if getattr(opt, "epoch", None) else ""
+
+
 def start_run(opt, model, must_match, objective=()):
     """Open runs/NAME: a new run refuses to overwrite an old one; --resume, --test-only and
     --translate load its checkpoint (options checked against must_match, and for --resume also
@@ -921,7 +999,15 @@ def start_run(opt, model, must_match, objective=()):
     run = Path("runs") / opt.name
     ckpt = run / "checkpoint.pt"
     progress = {"step": 0, "epoch": 0, "position": 0}
-    if opt.resume or opt.test_only or opt.translate:
+    if opt.epoch:  # a snapshot, for --test-only or --translate
+        path = run / "snapshots" / f"epoch_{opt.epoch:03d}.pt"
+        if not path.exists():
+            there = sorted(int(p.stem[6:]) for p in run.glob("snapshots/epoch_*.pt"))
+            raise CheckpointMismatch(f"no snapshot of --epoch {opt.epoch} in {run / 'snapshots'}: "
+                                     + (f"there are epochs {', '.join(map(str, there))}" if there else
+                                        "this run has none (see --snapshot-every)"))
+        model.load_snapshot(load_checkpoint(path, vars(opt), must_match))
+    elif opt.resume or opt.test_only or opt.translate:
         state = load_checkpoint(ckpt, vars(opt), list(must_match) + (list(objective) if opt.resume else []))
         model.load_state_dict(state)
         progress = {k: state[k] for k in progress}

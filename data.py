@@ -1133,7 +1133,7 @@ def make_loader(dataset, batch_size, seed, epoch, start, workers, device):
 
 
 class FolderImages(Dataset):
-    """Every readable image of one folder, resized to size x size, for testing and --translate:
+    """Every readable image of one folder, resized to size x size, for the test phase:
     {"image": 3 x size x size in [-1, 1], "file": the file name, "name": the output name (.png)}.
     Unreadable files are named in a warning and left out."""
 
@@ -1177,15 +1177,43 @@ def load_truths(root, phase_dir, files, size):
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def translate_folder(translate, src, out_dir, size):
-    """--translate DIR: every image of DIR through translate(images) into out_dir, same file stems, PNG."""
-    loader = DataLoader(FolderImages(src, size), batch_size=1, shuffle=False)  # batch norm sees one image, as in training
-    count = 0
-    for batch in loader:
-        for img, name in zip(translate(batch["image"]).cpu(), batch["name"]):
-            save_image(img, Path(out_dir) / name)
-            count += 1
-    print(f"translated {count} images from {src} into {out_dir}")
+def translate_images(translate, src, out_dir, multiple, shorter=None):
+    """--translate SRC, a folder of images or one image: each image through translate (N x 3 x H x W in
+    [-1, 1] -> the same) at its own size and aspect, or with its shorter side resized to `shorter`
+    (--translate-size), into out_dir as PNG with the same stem. The generators need sides divisible by
+    `multiple`: the image is padded by reflection (by repetition where it is too small to mirror) on the
+    right and bottom, translated, and cropped back. Unreadable files are named and skipped."""
+    src, out_dir = Path(src), Path(out_dir)
+    if src.is_file():
+        paths = [src]
+    elif src.is_dir():
+        paths = list_images(src)
+        if not paths:
+            raise DataError(f"--translate {src} has no images ({', '.join(sorted(IMG_EXTENSIONS))})")
+    else:
+        raise DataError(f"--translate {src}: no such file or folder")
+    TF, count = _tf(), 0
+    for path in paths:
+        try:
+            im = load_rgb(path)
+        except UnreadableImage as e:
+            warnings.warn(f"skipping unreadable image {path}: {e.reason}")
+            continue
+        if shorter:
+            w, h = im.size
+            scale = shorter / min(w, h)
+            im = TF.resize(im, [max(1, round(h * scale)), max(1, round(w * scale))],
+                           interpolation=TF.InterpolationMode.BICUBIC)
+        x = pil_to_tensor(im)[None]  # 1 x 3 x h x w
+        h, w = x.shape[-2:]
+        ph, pw = -h % multiple, -w % multiple
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        padded = nnf.pad(x, (0, pw, 0, ph), mode=mode)  # 1 x 3 x (h + ph) x (w + pw)
+        save_image(translate(padded)[0, :, :h, :w], out_dir / f"{path.stem}.png")
+        count += 1
+    if not count:
+        raise DataError(f"--translate {src}: no image could be read")
+    print(f"translated {count} image{'s' if count != 1 else ''} from {src} into {out_dir}")
     return count
 
 

@@ -5,6 +5,7 @@ Sections: asgit.py (networks, T and concatenations, losses, bank, scores, machin
 Everything runs on tiny images in tmp_path; the only network use is an http.server on 127.0.0.1.
 """
 
+import csv
 import functools
 import hashlib
 import http.server
@@ -1258,20 +1259,22 @@ def test_unpaired_resume_gives_the_run_of_an_uninterrupted_one(objects_set, tmp_
     # 4 images an epoch, 1 + 2 epochs: the split at step 5 comes after the first learning-rate step
     # and before the second; a pool of 2 is full and swapping by then; the maps of epoch 1 are read
     monkeypatch.chdir(tmp_path)
-    a, b = straight_and_resumed(train_unpaired.main, unpaired(objects_set, "--epochs-decay", "2", "--pool-size", "2"))
+    a, b = straight_and_resumed(train_unpaired.main, unpaired(objects_set, "--epochs-decay", "2", "--pool-size", "2",
+                                                              "--snapshot-every", "1"))
     assert a["step"] == b["step"] == 10 and a["epoch"] == b["epoch"] == 2 and a["position"] == b["position"] == 2
     assert_same_state(a, b, ["G", "F", "D_Y", "D_X", "T", "opt_G", "opt_D", "schedulers", "pool_Y", "pool_X", "bank"])
     assert math.isclose(a["opt_G"]["param_groups"][0]["lr"], 2e-4 / 3)  # epoch 2 of 1 + 2: 1 - 2 / 3
     rows = (Path("runs/split") / "losses.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 11)]
     assert rows == (Path("runs/straight") / "losses.csv").read_text().splitlines()  # same losses too
+    assert (Path("runs/split") / "scores.csv").read_text() == (Path("runs/straight") / "scores.csv").read_text()
 
 
 def test_supervised_resume_gives_the_run_of_an_uninterrupted_one(labels_set, tmp_path, monkeypatch):
     # the ResNet G has dropout, which draws from the global RNG: a resume must continue that stream
     monkeypatch.chdir(tmp_path)
     a, b = straight_and_resumed(train_supervised.main, supervised(labels_set, "--epochs-decay", "2",
-                                                                  "--netG", "resnet_6blocks"))
+                                                                  "--netG", "resnet_6blocks", "--snapshot-every", "1"))
     assert a["step"] == b["step"] == 10
     assert_same_state(a, b, ["G", "D_Y", "T", "opt_G", "opt_D", "schedulers", "bank", "rng"])
     assert (Path("runs/split") / "losses.csv").read_text() == (Path("runs/straight") / "losses.csv").read_text()
@@ -1556,3 +1559,85 @@ def test_gpu_check_runs_its_quick_version_on_the_cpu(tmp_path, monkeypatch, caps
     assert [r[2] for r in rows if r[0].startswith("train")] == ["losses finite"] * 2
     assert [r[3] for r in rows if r[0].startswith("bank")] == ["ok"] * 2
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+# ---------------------------------------------------------------- a trained run as a tool
+
+def test_a_run_is_used_without_repeating_its_flags(objects_set, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trained = ["--data", str(objects_set), "--ngf", "8", "--ndf", "4", "--n-blocks", "2", "--load-size", "36",
+               "--crop-size", "32", "--epochs", "1", "--epochs-decay", "1", "--max-steps", "2", "--name", "r"]
+    train_unpaired.main(trained)
+    src = data.list_images(objects_set / "testA")[0]
+    train_unpaired.main(["--name", "r", "--translate", str(src)])  # the run's --data, --ngf, --n-blocks ...
+    assert [p.name for p in Path("runs/r/translated").iterdir()] == [src.stem + ".png"]
+    (Path("runs/r") / "metrics.json").unlink()
+    train_unpaired.main(["--name", "r", "--test-only"])
+    assert Path("runs/r/metrics.json").exists()
+    with pytest.raises(asgit.CheckpointMismatch, match="--ngf is 16 but the run runs/r was made with --ngf 8"):
+        train_unpaired.main(["--name", "r", "--test-only", "--ngf", "16"])
+    with pytest.raises(asgit.CheckpointMismatch, match="no checkpoint at runs/nothing"):
+        train_unpaired.main(["--name", "nothing", "--translate", str(src)])
+
+
+def test_translate_any_size_and_aspect_at_the_input_size(objects_set, labels_set, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_unpaired.main(unpaired(objects_set, "--max-steps", "2", "--lr", "0.01", "--name", "r"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    noise_image(37, 23, seed=1).save(mine / "wide.png")  # odd sizes: padded to 40 x 24, cropped back
+    noise_image(6, 50, seed=2).convert("L").save(mine / "thin.jpg")  # grayscale, too thin to mirror
+    Image.new("RGBA", (16, 16), (0, 255, 0, 128)).save(mine / "alpha.png")
+    (mine / "broken.png").write_bytes(b"not a picture")
+    with pytest.warns(UserWarning, match="broken.png"):
+        train_unpaired.main(unpaired(objects_set, "--name", "r", "--translate", str(mine), "--direction", "BtoA"))
+    out = Path("runs/r/translated")
+    assert {p.name: Image.open(p).size for p in out.iterdir()} == {"wide.png": (37, 23), "thin.png": (6, 50),
+                                                                   "alpha.png": (16, 16)}
+    # the output is the generator's on the reflection-padded image, cropped back
+    model = train_unpaired.UnpairedASGIT(train_unpaired.options(unpaired(objects_set)), torch.device("cpu"))
+    model.load_state_dict(load_run("r"))
+    x = data.pil_to_tensor(data.load_rgb(mine / "wide.png"))[None]
+    want = model.translate(torch.nn.functional.pad(x, (0, 3, 0, 1), mode="reflect"), "BtoA")[0, :, :23, :37]
+    got = data.pil_to_tensor(Image.open(out / "wide.png").convert("RGB"))
+    assert (got - want).abs().max() <= 1.01 / 127.5
+    train_unpaired.main(unpaired(objects_set, "--name", "r", "--translate", str(mine / "wide.png"),
+                                 "--translate-size", "16"))
+    assert Image.open(out / "wide.png").size == (26, 16)  # shorter side 16, aspect kept
+    # the supervised U-Net (32-pixel crops: 5 levels) takes multiples of 32
+    train_supervised.main(supervised(labels_set, "--max-steps", "1", "--name", "s"))
+    train_supervised.main(supervised(labels_set, "--name", "s", "--translate", str(mine / "wide.png")))
+    assert Image.open("runs/s/translated/wide.png").size == (37, 23)
+    (mine / "empty").mkdir()
+    with pytest.raises(data.DataError, match="empty has no images"):
+        train_unpaired.main(unpaired(objects_set, "--name", "r", "--translate", str(mine / "empty")))
+    with pytest.raises(data.DataError, match="no such file or folder"):
+        train_unpaired.main(unpaired(objects_set, "--name", "r", "--translate", str(mine / "none.png")))
+
+
+def test_snapshots_keep_the_generators_and_score_each_one(objects_set, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_unpaired.main(unpaired(objects_set, "--snapshot-every", "1", "--name", "r"))  # 2 epochs of 4 images
+    run = Path("runs/r")
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
+    snap = torch.load(run / "snapshots" / "epoch_001.pt", weights_only=True)
+    assert {"G", "F", "T"} <= set(snap) and not {"D_Y", "D_X", "opt_G", "opt_D", "bank"} & set(snap)
+    with open(run / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["step"]) for r in rows] == [("1", "4"), ("2", "8")]
+    # the score of a snapshot is the test phase of that snapshot; --epoch picks it
+    train_unpaired.main(unpaired(objects_set, "--name", "r", "--test-only", "--epoch", "1"))
+    metrics = json.loads((run / "metrics_epoch_001.json").read_text())
+    for d in ("AtoB", "BtoA"):
+        for k, v in metrics[d].items():
+            assert math.isclose(float(rows[0][f"{d}_{k}"]), v, rel_tol=1e-6), (d, k)
+    assert len(list((run / "test_epoch_001" / "AtoB").iterdir())) == 3
+    assert json.loads((run / "metrics.json").read_text()) != metrics  # the last state differs from epoch 1
+    train_unpaired.main(unpaired(objects_set, "--name", "r", "--translate", str(objects_set / "testB"), "--epoch", "2"))
+    assert len(list((run / "translated_epoch_002").iterdir())) == 3
+    with pytest.raises(asgit.CheckpointMismatch, match="no snapshot of --epoch 3 .* there are epochs 1, 2"):
+        train_unpaired.main(unpaired(objects_set, "--name", "r", "--test-only", "--epoch", "3"))
+    train_unpaired.main(unpaired(objects_set, "--snapshot-every", "0", "--max-steps", "4", "--name", "none"))
+    assert not Path("runs/none/snapshots").exists() and not Path("runs/none/scores.csv").exists()
+    with pytest.raises(SystemExit):
+        train_unpaired.options(unpaired(objects_set, "--epoch", "1"))  # only with --test-only / --translate

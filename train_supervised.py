@@ -22,10 +22,10 @@ PRESETS = {
     # Sec 4.1.4: U-Net 256, widths 64, batch 1, 100 + 100 epochs, load 286 / crop 256
     # (--load-size 143 --crop-size 128 for the paper's Cityscapes runs)
     "paper": dict(ngf=64, ndf=64, load_size=286, crop_size=256, batch_size=1, epochs=100, epochs_decay=100,
-                  lr=2e-4, sample_every=1000),
+                  lr=2e-4, sample_every=1000, snapshot_every=10),
     # small enough to finish in minutes on a 2-core CPU
     "synthetic": dict(ngf=16, ndf=16, load_size=72, crop_size=64, batch_size=1, epochs=4, epochs_decay=4,
-                      lr=2e-4, sample_every=200),
+                      lr=2e-4, sample_every=200, snapshot_every=2),
 }
 MUST_MATCH = ["data", "direction", "attention", "pha_layer", "concat", "transfer", "netG", "ngf", "ndf", "load_size",
               "crop_size", "batch_size", "seed"]
@@ -40,7 +40,7 @@ def options(argv=None):
     p.add_argument("--netG", choices=("unet", "resnet_9blocks", "resnet_6blocks"), default="unet",
                    help="G: pix2pix's U-Net (depth from --crop-size: 8 levels at 256, 7 at 128) or a ResNet")
     p.add_argument("--lambda-l1", type=float, default=100.0, help="weight of the L1 loss, Eq. 9 (paper: 100)")
-    opt = asgit.finish_options(p, argv, PRESETS, name_parts=["direction"])
+    opt = asgit.finish_options(p, argv, PRESETS, name_parts=["direction"], adopt=MUST_MATCH)
     if opt.netG == "unet":
         try:
             asgit.unet_downs_for(opt.crop_size)
@@ -148,6 +148,15 @@ class SupervisedASGIT:
                 "schedulers": [s.state_dict() for s in self.schedulers],
                 "bank": self.bank.state_dict() if self.bank else None}
 
+    def snapshot_state(self):
+        """What the test phase needs: G and T."""
+        return {"G": self.G.state_dict(), "T": self.T.state_dict() if self.T else None}
+
+    def load_snapshot(self, state):
+        self.G.load_state_dict(state["G"])
+        if self.T:
+            self.T.load_state_dict(state["T"])
+
     def load_state_dict(self, state):
         for k in ("G", "D_Y", "opt_G", "opt_D"):
             getattr(self, k).load_state_dict(state[k])
@@ -175,11 +184,13 @@ def label_palette(opt, root):
     return palette if half == ("B" if opt.direction == "AtoB" else "A") else None
 
 
-def test_phase(model, opt, root, run):
+def test_phase(model, opt, root, run, write=True):
     """Translate every test pair with the placeholder map (Sec 4) into runs/NAME/test/ and write
     metrics.json: L1 and PSNR to the target, and for photo -> label the FCN-score definitions
     (per-pixel accuracy, per-class accuracy, mean IoU) of the nearest palette colour of each output pixel
-    against the exact colour of the target, void (any other colour) not scored."""
+    against the exact colour of the target, void (any other colour) not scored. From a snapshot
+    (--epoch N): test_epoch_NNN/ and metrics_epoch_NNN.json. write=False: the scores only."""
+    out, suffix = run / f"test{asgit.epoch_suffix(opt)}", asgit.epoch_suffix(opt)
     torch.manual_seed(opt.seed)  # dropout stays on at test time (pix2pix): make it repeatable
     dataset = data.AlignedDataset(root, data.aligned_test_phase(root), opt.direction, opt.crop_size, opt.crop_size,
                                   train=False, label_half=label_half(opt, root)[0])
@@ -188,7 +199,8 @@ def test_phase(model, opt, root, run):
     for i in range(len(dataset)):
         item = dataset[i]
         fake = model.translate(item["A"][None])[0].cpu()
-        data.save_image(fake, run / "test" / opt.direction / (Path(item["id"]).stem + ".png"))
+        if write:
+            data.save_image(fake, out / opt.direction / (Path(item["id"]).stem + ".png"))
         fakes.append(fake)
         targets.append(item["B"])
     fake, target = torch.stack(fakes), torch.stack(targets)
@@ -201,10 +213,11 @@ def test_phase(model, opt, root, run):
         metrics["fcn_score"] = ("not computed: label -> photo FCN-scores need an FCN trained on Cityscapes, "
                                 "which is not available here (see README)")
     metrics = {opt.direction: metrics}
-    print(f"{opt.direction}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}: {v}"
-                                          for k, v in metrics[opt.direction].items()))
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"test outputs in {run / 'test'}, scores in {run / 'metrics.json'}")
+    if write:
+        print(f"{opt.direction}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                                              for k, v in metrics[opt.direction].items()))
+        (run / f"metrics{suffix}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"test outputs in {out}, scores in {run / f'metrics{suffix}.json'}")
     return metrics
 
 
@@ -214,16 +227,19 @@ def main(argv=None):
     if opt.benchmark:
         return asgit.benchmark(SupervisedASGIT(opt, device), opt, lambda a, b, ids, where: {
             "A": a, "B": b, "id": ids, "where": where})
-    root = data.resolve_data(opt.data, "aligned")
     model = SupervisedASGIT(opt, device)
     run, progress = asgit.start_run(opt, model, MUST_MATCH, OBJECTIVE)
-    if opt.translate:
-        return data.translate_folder(model.translate, opt.translate, run / "translated", opt.crop_size)
+    if opt.translate:  # the U-Net takes sides divisible by 2 ** its depth, the ResNet by 4
+        multiple = 2 ** asgit.unet_downs_for(opt.crop_size) if opt.netG == "unet" else 4
+        return data.translate_images(model.translate, opt.translate, run / f"translated{asgit.epoch_suffix(opt)}",
+                                     multiple, opt.translate_size)
+    root = data.resolve_data(opt.data, "aligned")
     if not opt.test_only:
         print(f"training {opt.name} on {device}: {root}; run folder {run}")
         dataset = data.AlignedDataset(root, "train", opt.direction, opt.load_size, opt.crop_size, train=True,
                                       label_half=label_half(opt, root)[0])
-        if not asgit.fit(model, opt, run, progress, **data.training_io(dataset, model, opt, run, device)):
+        if not asgit.fit(model, opt, run, progress, **data.training_io(dataset, model, opt, run, device),
+                         score=lambda: test_phase(model, opt, root, run, write=False)):
             return
     test_phase(model, opt, root, run)
 

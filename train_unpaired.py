@@ -20,11 +20,11 @@ import data
 PRESETS = {
     # Sec 4.1.4: ResNet-9, widths 64, batch 1, 100 + 100 epochs, load 286 / crop 256
     "paper": dict(ngf=64, ndf=64, n_blocks=9, load_size=286, crop_size=256, batch_size=1, epochs=100,
-                  epochs_decay=100, lr=2e-4, sample_every=1000, lambda_identity=0.0),
+                  epochs_decay=100, lr=2e-4, sample_every=1000, lambda_identity=0.0, snapshot_every=10),
     # small enough to finish in minutes on a 2-core CPU, large enough to translate visibly; the
     # identity loss keeps these tiny networks from repainting the background (see README)
     "synthetic": dict(ngf=32, ndf=16, n_blocks=3, load_size=72, crop_size=64, batch_size=1, epochs=6,
-                      epochs_decay=6, lr=2e-4, sample_every=300, lambda_identity=0.5),
+                      epochs_decay=6, lr=2e-4, sample_every=300, lambda_identity=0.5, snapshot_every=2),
 }
 # options a checkpoint must agree with: they change the networks, the data or the order of samples
 MUST_MATCH = ["data", "attention", "pha_layer", "concat", "transfer", "ngf", "ndf", "n_blocks", "load_size", "crop_size",
@@ -41,7 +41,7 @@ def options(argv=None):
                    help="CycleGAN's identity loss, as a fraction of lambda-cyc (CycleGAN: 0.5); the paper: 0 (off)")
     p.add_argument("--pool-size", type=int, default=50, help="past fakes D is shown (CycleGAN: 50)")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="direction for --translate")
-    return asgit.finish_options(p, argv, PRESETS)
+    return asgit.finish_options(p, argv, PRESETS, adopt=MUST_MATCH)
 
 
 class UnpairedASGIT:
@@ -163,6 +163,16 @@ class UnpairedASGIT:
                 "pool_Y": self.pool_Y.state_dict(), "pool_X": self.pool_X.state_dict(),
                 "bank": self.bank.state_dict() if self.bank else None}
 
+    def snapshot_state(self):
+        """What the test phase needs: G, F and T."""
+        return {"G": self.G.state_dict(), "F": self.F.state_dict(), "T": self.T.state_dict() if self.T else None}
+
+    def load_snapshot(self, state):
+        self.G.load_state_dict(state["G"])
+        self.F.load_state_dict(state["F"])
+        if self.T:
+            self.T.load_state_dict(state["T"])
+
     def load_state_dict(self, state):
         for k in ("G", "F", "D_Y", "D_X", "opt_G", "opt_D"):
             getattr(self, k).load_state_dict(state[k])
@@ -176,9 +186,11 @@ class UnpairedASGIT:
         self.pool_X.load_state_dict(state["pool_X"], self.device)
 
 
-def test_phase(model, opt, root, run):
+def test_phase(model, opt, root, run, write=True):
     """Translate every test image both ways with the placeholder map (Sec 4) into runs/NAME/test/ and
-    write metrics.json: distances to the known truth on the synthetic set, KID x 100 on real data."""
+    write metrics.json: distances to the known truth on the synthetic set, KID x 100 on real data.
+    From a snapshot (--epoch N): test_epoch_NNN/ and metrics_epoch_NNN.json. write=False: the scores only."""
+    out, suffix = run / f"test{asgit.epoch_suffix(opt)}", asgit.epoch_suffix(opt)
     synthetic = data.is_synthetic(root)
     kid_net = None
     if not synthetic:
@@ -192,7 +204,8 @@ def test_phase(model, opt, root, run):
         for batch in data.make_test_loader(root / src, opt.crop_size, opt.workers, model.device):
             fake = model.translate(batch["image"], direction).cpu()
             for img, name in zip(fake, batch["name"]):
-                data.save_image(img, run / "test" / direction / name)
+                if write:
+                    data.save_image(img, out / direction / name)
             if synthetic:
                 truth, mask = data.load_truths(root, src, batch["name"], opt.crop_size)
                 outputs.append((fake, batch["image"], truth, mask))
@@ -215,10 +228,12 @@ def test_phase(model, opt, root, run):
                                       "fused_kid_x100": 100 * f_mean, "fused_kid_std_x100": 100 * f_std}
             except ValueError as e:  # a test folder too small to score
                 metrics[direction] = {"kid": f"skipped: {e}"}
-        print(f"{direction}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}: {v}"
-                                          for k, v in metrics[direction].items()))
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"test outputs in {run / 'test'}, scores in {run / 'metrics.json'}")
+        if write:
+            print(f"{direction}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                                              for k, v in metrics[direction].items()))
+    if write:
+        (run / f"metrics{suffix}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"test outputs in {out}, scores in {run / f'metrics{suffix}.json'}")
     return metrics
 
 
@@ -228,16 +243,17 @@ def main(argv=None):
     if opt.benchmark:
         return asgit.benchmark(UnpairedASGIT(opt, device), opt, lambda a, b, ids, where: {
             "A": a, "B": b, "A_id": ids, "B_id": ids, "A_where": where, "B_where": where})
-    root = data.resolve_data(opt.data, "unaligned")
     model = UnpairedASGIT(opt, device)
     run, progress = asgit.start_run(opt, model, MUST_MATCH, OBJECTIVE)
-    if opt.translate:
-        return data.translate_folder(lambda imgs: model.translate(imgs, opt.direction), opt.translate,
-                                     run / "translated", opt.crop_size)
+    if opt.translate:  # the ResNet generators take sides divisible by 4
+        return data.translate_images(lambda imgs: model.translate(imgs, opt.direction), opt.translate,
+                                     run / f"translated{asgit.epoch_suffix(opt)}", 4, opt.translate_size)
+    root = data.resolve_data(opt.data, "unaligned")
     if not opt.test_only:
         print(f"training {opt.name} on {device}: {root}; run folder {run}")
         dataset = data.UnalignedDataset(root, "train", opt.load_size, opt.crop_size, train=True)
-        if not asgit.fit(model, opt, run, progress, **data.training_io(dataset, model, opt, run, device)):
+        if not asgit.fit(model, opt, run, progress, **data.training_io(dataset, model, opt, run, device),
+                         score=lambda: test_phase(model, opt, root, run, write=False)):
             return
     test_phase(model, opt, root, run)
 

@@ -1385,6 +1385,7 @@ README_DEFAULTS = {  # option -> (paper setting, synthetic preset), as the READM
     "attention": ("pha", "pha"), "pha_layer": (4, 4), "concat": ("rhp", "rhp"), "transfer": ("learned", "learned"),
     "gan_mode": ("lsgan", "lsgan"), "batch_size": (1, 1), "lr": (2e-4, 2e-4), "seed": (0, 0), "device": ("auto", "auto"),
     "amp": (False, False), "save_every": (1000, 1000), "load_size": (286, 72), "crop_size": (256, 64),
+    "snapshot_every": (10, 2),
 }
 README_DEFAULTS_UNPAIRED = {"ngf": (64, 32), "ndf": (64, 16), "n_blocks": (9, 3), "epochs": (100, 6),
                             "epochs_decay": (100, 6), "lambda_cyc": (10, 10), "lambda_identity": (0, 0.5),
@@ -1414,6 +1415,7 @@ def test_defaults_are_the_papers_and_the_readmes():
     assert rows["`--transfer learned\\|raw\\|flat`"][0] == "`learned`"
     assert rows["`--ngf`, `--ndf`"][0] == "64, 64" and rows["`--n-blocks` (unpaired)"] == ["9", "3"]
     assert rows["`--epochs`, `--epochs-decay`"][0] == "100, 100" and rows["`--lr`"] == ["2e-4", "2e-4"]
+    assert rows["`--snapshot-every N`"] == ["10", "2"]
 
 
 def test_benchmark_prints_step_ms_and_writes_nothing(objects_set, tmp_path, monkeypatch, capsys):

@@ -962,7 +962,8 @@ def fit(model, opt, run, progress, batches, per_epoch, pictures, score=None):
 def snapshot(model, opt, run, progress, score=None):
     """snapshots/epoch_NNN.pt holds what the test phase needs (the generators and T: no D, no optimiser
     state), and scores.csv gets a row of score()'s numbers: the test split's scores, as the CycleGAN
-    literature picks epochs. score runs on a fork of the RNG, so training draws as if it had not run.
+    literature picks epochs. score runs on a fork of the RNG and the networks' buffers are put back,
+    so training goes on as if it had not run.
     A resumed run replaces the rows of its epochs."""
     epoch = progress["epoch"]
     path = run / "snapshots" / f"epoch_{epoch:03d}.pt"
@@ -970,8 +971,14 @@ def snapshot(model, opt, run, progress, score=None):
     save_checkpoint({**model.snapshot_state(), "epoch": epoch, "step": progress["step"], "options": vars(opt)}, path)
     if score is None:
         return
+    # pix2pix tests in training mode, which moves batch norm's running statistics: keep them as they were
+    nets = [m for m in vars(model).values() if isinstance(m, nn.Module)]
+    buffers = [{k: b.clone() for k, b in net.named_buffers()} for net in nets]
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         metrics = score()
+    for net, saved in zip(nets, buffers):
+        for k, b in net.named_buffers():
+            b.copy_(saved[k])
     row = {"epoch": epoch, "step": progress["step"],
            **{f"{d}_{k}": v for d, m in metrics.items() for k, v in m.items() if isinstance(v, (int, float))}}
     scores = run / "scores.csv"

@@ -1643,3 +1643,14 @@ def test_snapshots_keep_the_generators_and_score_each_one(objects_set, tmp_path,
     assert not Path("runs/none/snapshots").exists() and not Path("runs/none/scores.csv").exists()
     with pytest.raises(SystemExit):
         train_unpaired.options(unpaired(objects_set, "--epoch", "1"))  # only with --test-only / --translate
+
+
+def test_snapshots_and_their_scores_leave_training_as_it_was(labels_set, tmp_path, monkeypatch):
+    # the supervised test phase reseeds dropout; scoring a snapshot mid-run must not change what follows
+    monkeypatch.chdir(tmp_path)
+    for every in ("1", "0"):
+        train_supervised.main(supervised(labels_set, "--netG", "resnet_6blocks", "--max-steps", "7",
+                                         "--snapshot-every", every, "--name", f"every{every}"))
+    a, b = load_run("every1"), load_run("every0")
+    assert Path("runs/every1/scores.csv").exists()
+    assert_same_state(a, b, ["G", "D_Y", "T", "opt_G", "opt_D", "rng"])

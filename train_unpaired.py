@@ -48,9 +48,9 @@ class UnpairedASGIT:
     """G: X -> Y and F: Y -> X (generators), D_Y and D_X (attention discriminators of Y and X), one T
     shared by both directions (Sec 3.2), and the bank of Eq. 1. Domain A is X, domain B is Y."""
 
-    loss_names = ["D_Y", "D_X", "G", "F", "cyc_X", "cyc_Y", "idt", "w_range"]
+    loss_names = ["D_Y", "D_X", "G", "F", "cyc_X", "cyc_Y", "idt", "w_range", "w_range_F"]
     loss_panels = [("D_Y, D_X (Eq. 7 / 6)", ["D_Y", "D_X"]), ("G, F adversarial", ["G", "F"]),
-                   ("cycle (Eq. 10), identity", ["cyc_X", "cyc_Y", "idt"]), ("attention reaching G, F", ["w_range"])]
+                   ("cycle (Eq. 10), identity", ["cyc_X", "cyc_Y", "idt"]), ("attention reaching G, F", ["w_range", "w_range_F"])]
 
     def __init__(self, opt, device):
         self.opt, self.device = opt, device
@@ -113,7 +113,8 @@ class UnpairedASGIT:
         total.backward()
         self.opt_G.step()
         # how much of D's map reached G and F: the within-image range of the weights they got
-        loss["w_range"] = asgit.weight_range(torch.cat([w_x, w_y])) if self.bank else torch.zeros((), device=dev)
+        loss["w_range"] = asgit.weight_range(w_x) if self.bank else torch.zeros((), device=dev)
+        loss["w_range_F"] = asgit.weight_range(w_y) if self.bank else torch.zeros((), device=dev)
         if self.bank:  # store D's view of this translation for the image's next visit
             self.bank.write(batch["A_id"], batch["A_where"], M_fake_y)
             self.bank.write(batch["B_id"], batch["B_where"], M_fake_x)

@@ -67,7 +67,7 @@ def run_one(script, attention, concat, transfer, seed, epochs, results):
     if not (run / "metrics.json").exists():
         cmd = [sys.executable, str(REPO / f"train_{script}.py"), "--attention", attention, "--concat", concat,
                "--transfer", transfer, "--seed", str(seed), "--name", name, "--sample-every", "100000",
-               "--epochs", str(epochs), "--epochs-decay", str(epochs)]
+               "--epochs", str(epochs), "--epochs-decay", str(epochs), "--snapshot-every", "0"]
         if (run / "checkpoint.pt").exists():
             cmd.append("--resume")
         run.mkdir(parents=True, exist_ok=True)

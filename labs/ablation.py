@@ -49,6 +49,11 @@ def label(attention, concat, transfer):
     return f"{attention}+{concat}{extra}"
 
 
+def key(attention, concat, transfer):
+    """The short name of a configuration on the command line: none, pha+rhp, pha+rhp+raw, ..."""
+    return "none" if attention == "none" else f"{attention}+{concat}" + ("" if transfer == "learned" else f"+{transfer}")
+
+
 def w_range_by_epoch(csv_path, epochs):
     """Mean w_range of epoch 2 and of the last epoch from a finished run's losses.csv."""
     with open(csv_path) as f:
@@ -117,6 +122,8 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, help=f"epochs at the full rate and of decay (default: {DEFAULT_EPOCHS})")
     p.add_argument("--scripts", nargs="+", default=["unpaired", "supervised"], choices=["unpaired", "supervised"])
+    p.add_argument("--configs", nargs="+", choices=[key(*c) for c in CONFIGS],
+                   help="run only these rows of the table (all by default), e.g. to share a grid between machines")
     p.add_argument("--report", action="store_true", help="write the table from labs/ablation.json, run nothing")
     args = p.parse_args()
     epochs = {s: args.epochs or DEFAULT_EPOCHS[s] for s in args.scripts}
@@ -126,7 +133,8 @@ def main():
     start = time.time()
     if not args.report:
         # the baseline, the paper's default and its two controls at every seed first, then the other pairs
-        for configs in (CONFIGS[:4], CONFIGS[4:]):
+        chosen = [c for c in CONFIGS if not args.configs or key(*c) in args.configs]
+        for configs in ([c for c in chosen if c in CONFIGS[:4]], [c for c in chosen if c not in CONFIGS[:4]]):
             for seed in args.seeds:
                 for attention, concat, transfer in configs:
                     for script in args.scripts:

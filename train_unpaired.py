@@ -50,7 +50,8 @@ class UnpairedASGIT:
 
     loss_names = ["D_Y", "D_X", "G", "F", "cyc_X", "cyc_Y", "idt", "w_range", "w_range_F"]
     loss_panels = [("D_Y, D_X (Eq. 7 / 6)", ["D_Y", "D_X"]), ("G, F adversarial", ["G", "F"]),
-                   ("cycle (Eq. 10), identity", ["cyc_X", "cyc_Y", "idt"]), ("attention reaching G, F", ["w_range", "w_range_F"])]
+                   ("cycle (Eq. 10), identity", ["cyc_X", "cyc_Y", "idt"]),
+                   ("attention reaching G, F", ["w_range", "w_range_F"])]
 
     def __init__(self, opt, device):
         self.opt, self.device = opt, device

@@ -1010,8 +1010,8 @@ _LINE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), 
 
 def plot_losses(csv_path, png_path, panels, width=560, height=150):
     """Draw losses.csv as png_path: one panel per (title, [columns]) in panels, each column a line of
-    its values smoothed by an exponential moving average (faint: the raw values), with the step range
-    below and the value range at the left. PIL only. Columns the CSV lacks are skipped."""
+    its values smoothed by a centred moving average over about 2 % of the steps (faint: the raw values),
+    with the step range below and the value range at the left. PIL only. Columns the CSV lacks are skipped."""
     import csv
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -1022,17 +1022,18 @@ def plot_losses(csv_path, png_path, panels, width=560, height=150):
     pad_l, pad_r, pad_t, pad_b = 58, 10, 20, 16
     im = Image.new("RGB", (width, height * len(panels)), (255, 255, 255))
     draw = ImageDraw.Draw(im)
-    alpha = min(1.0, 20 / len(rows))  # about 5 % of the run's steps in the average
+    half = len(rows) // 100  # the window: 2 half + 1 steps, centred, so the line does not lag
     for k, (title, columns) in enumerate(panels):
         top = k * height
         columns = [c for c in columns if c in rows[0]]
         raw = {c: [float(r[c]) for r in rows] for c in columns}
         smooth = {}
         for c, values in raw.items():
-            avg, smooth[c] = values[0], []
+            sums = [0.0]
             for v in values:
-                avg += alpha * (v - avg)
-                smooth[c].append(avg)
+                sums.append(sums[-1] + v)
+            smooth[c] = [(sums[min(len(values), i + half + 1)] - sums[max(0, i - half)])
+                         / (min(len(values), i + half + 1) - max(0, i - half)) for i in range(len(values))]
         everything = [v for vs in raw.values() for v in vs if math.isfinite(v)] or [0.0]
         lo, hi = min(everything), max(everything)
         hi = hi if hi > lo else lo + 1
@@ -1047,13 +1048,15 @@ def plot_losses(csv_path, png_path, panels, width=560, height=150):
         span = max(1, steps[-1] - steps[0])
         xy = lambda i, v: (x0 + (x1 - x0) * (steps[i] - steps[0]) / span, y1 - (y1 - y0) * (v - lo) / (hi - lo))
         legend_x = x0 + draw.textlength(title, font=font) + 16
-        for j, c in enumerate(columns):
-            colour = _LINE_COLOURS[j % len(_LINE_COLOURS)]
-            faint = tuple(int(255 - (255 - v) * 0.25) for v in colour)
-            for values, fill in ((raw[c], faint), (smooth[c], colour)):
+        colours = {c: _LINE_COLOURS[j % len(_LINE_COLOURS)] for j, c in enumerate(columns)}
+        for series, line in ((raw, 1), (smooth, 2)):  # every faint line under every smooth one
+            for c, values in series.items():
+                fill = colours[c] if line == 2 else tuple(int(255 - (255 - v) * 0.25) for v in colours[c])
                 points = [xy(i, v) for i, v in enumerate(values) if math.isfinite(v)]
                 if len(points) > 1:
-                    draw.line(points, fill=fill, width=1 if fill is faint else 2)
+                    draw.line(points, fill=fill, width=line)
+        for c in columns:
+            colour = colours[c]
             text = f"{c} = {smooth[c][-1]:.3g}"
             draw.text((legend_x, top + 4), text, fill=colour, font=font)
             legend_x += draw.textlength(text, font=font) + 14

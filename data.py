@@ -16,6 +16,7 @@ Run `python data.py cityscapes --help` to build the Cityscapes folders from the 
 """
 
 import colorsys
+import csv
 import hashlib
 import html
 import http.client
@@ -1012,7 +1013,6 @@ def plot_losses(csv_path, png_path, panels, width=560, height=150):
     """Draw losses.csv as png_path: one panel per (title, [columns]) in panels, each column a line of
     its values smoothed by a centred moving average over about 2 % of the steps (faint: the raw values),
     with the step range below and the value range at the left. PIL only. Columns the CSV lacks are skipped."""
-    import csv
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if len(rows) < 2:
